@@ -1,0 +1,213 @@
+"""The ``inproc`` scenario: ``EventRouter.publish`` to in-memory connections, no sockets.
+
+Run as ``python -m benchmarks.inproc`` (JSON config on stdin, ``RESULT <json>`` on
+stdout), pinned to one CPU. Connections are made the way the middleware makes them
+(``router.connect``, ``opened``, ``hub.add``) and their outboxes are drained between
+rounds, outside the timed part; every drained frame is then checked for isolation,
+order and completeness, as the socket scenarios do.
+
+Only ``publish`` is timed: validation (schema, ids, owner, lifecycle), the frame
+serialised once, history, and the hand-off to each connection's outbox. Each event
+dict is built before its round starts, as an agent would have it ready.
+
+It also times the stages alone on the same event (``floors``), which bounds what any
+change to the pipeline around them could reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+
+import router
+from router import EventRouter, new_connection_id, new_run_id, new_thread_id
+from router.connections import Connection
+from router.events import parse_event, prepare_frame
+
+from .common import AGENT_NAME, SERVER_CPU, bench_event, median, pin_to
+
+
+async def _setup(
+    router: EventRouter, users: int, per_user: int
+) -> tuple[list[tuple[str, str, str]], list[Connection]]:
+    targets: list[tuple[str, str, str]] = []
+    conns: list[Connection] = []
+    for index in range(users):
+        user = f"user{index:04d}"
+        thread_id = str(await router.threads.create(new_thread_id("bench"), user))
+        run_id = new_run_id(thread_id)
+        started = await router.publish(
+            {"type": "agent_started", "run_id": run_id, "agent_name": AGENT_NAME}
+        )
+        if not started.accepted:
+            raise RuntimeError(f"agent_started rejected: {started.reason}")
+        targets.append((user, thread_id, run_id))
+        for _ in range(per_user):
+            conn = router.connect(user, new_connection_id())
+            conn.opened()
+            conn.threads = {thread_id}
+            conn.last_sent[thread_id] = started.seq or 0
+            router.hub.add(conn)
+            conns.append(conn)
+    return targets, conns
+
+
+def _drain(conn: Connection, into: list[str]) -> None:
+    while True:
+        try:
+            into.append(conn.outbox.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+
+
+async def _rep(per_thread: int, users: int, per_user: int) -> dict[str, Any]:
+    router = EventRouter(dead_letters="memory://")
+    await router.start()
+    try:
+        targets, conns = await _setup(router, users, per_user)
+        received: dict[Connection, list[str]] = {conn: [] for conn in conns}
+        publish = router.publish
+        rejected = 0
+        elapsed = 0.0
+        cpu = 0.0
+        for n in range(per_thread):
+            events = [bench_event(run_id, user, n, 0) for user, _, run_id in targets]
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            for event in events:
+                if not (await publish(event)).accepted:
+                    rejected += 1
+            elapsed += time.perf_counter() - wall0
+            cpu += time.process_time() - cpu0
+            for conn in conns:
+                _drain(conn, received[conn])
+        published = per_thread * len(targets)
+        owner = {thread_id: user for user, thread_id, _ in targets}
+        delivered = lost = leaks = order_errors = 0
+        for conn, frames in received.items():
+            next_seq = 2  # seq 1 is the run's agent_started
+            for raw in frames:
+                frame = json.loads(raw)
+                if owner.get(frame["thread_id"]) != conn.user_id or (
+                    frame["payload"]["data"]["u"] != conn.user_id
+                ):
+                    leaks += 1
+                    continue
+                if frame["seq"] != next_seq:
+                    order_errors += 1
+                next_seq = frame["seq"] + 1
+                delivered += 1
+            lost += max(0, per_thread - len(frames))
+        return {
+            "verified": rejected == 0
+            and lost == 0
+            and leaks == 0
+            and order_errors == 0
+            and delivered == published * per_user,
+            "published": published,
+            "delivered": delivered,
+            "rejected": rejected,
+            "lost": lost,
+            "leaks": leaks,
+            "order_errors": order_errors,
+            "seconds": elapsed,
+            "published_per_s": published / elapsed,
+            "delivered_per_s": delivered / elapsed,
+            "us_per_publish": elapsed / published * 1e6,
+            "cpu_us_per_publish": cpu / published * 1e6,
+        }
+    finally:
+        await router.stop()
+
+
+def _floors(repeat: int = 20000) -> dict[str, float]:
+    """Microseconds per call of each stage alone, on the benchmark's event."""
+    thread_id = new_thread_id("bench")
+    run_id = new_run_id(thread_id)
+    event = bench_event(run_id, "user0000", 1, time.monotonic_ns())
+    parsed = parse_event(event)
+    assert not isinstance(parsed, Exception)
+
+    def timed(fn: Any) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            best = min(best, time.perf_counter() - start)
+        return best / repeat * 1e6
+
+    send, receive = anyio.create_memory_object_stream[str](repeat + 1)
+
+    def hand_off() -> None:
+        send.send_nowait("frame")
+
+    figures = {
+        "parse_event_us": timed(lambda: parse_event(event)),
+        "prepare_frame_us": timed(
+            lambda: prepare_frame(
+                parsed,  # type: ignore[arg-type]
+                event_id="0" * 32,
+                thread_id=thread_id,
+                timestamp="2026-01-01T00:00:00.000Z",
+            )
+        ),
+    }
+    drained = 0
+    start = time.perf_counter()
+    for _ in range(repeat):
+        hand_off()
+    figures["outbox_send_nowait_us"] = (time.perf_counter() - start) / repeat * 1e6
+    while True:
+        try:
+            receive.receive_nowait()
+            drained += 1
+        except anyio.WouldBlock:
+            break
+    send.close()
+    receive.close()
+    return figures
+
+
+async def run(config: dict[str, Any]) -> dict[str, Any]:
+    scenario = config["scenario"]
+    reps = []
+    for index in range(scenario["reps"]):
+        rep = await _rep(scenario["per_thread"], scenario["users"], scenario["conns_per_user"])
+        print(
+            f"[inproc] rep {index + 1}: {rep['published_per_s']:,.0f} published/s, "
+            f"{rep['us_per_publish']:.1f} us/publish, "
+            f"{'verified' if rep['verified'] else 'FAILED'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        reps.append(rep)
+    floors = _floors()
+    setup = {"floors": floors, "router_package": os.path.dirname(router.__file__)}
+    return {
+        "systems": {"router": {"reps": reps, "setup": setup, "errors": []}},
+        "floors": floors,
+        "median_us_per_publish": median(rep["us_per_publish"] for rep in reps),
+    }
+
+
+def main() -> int:
+    config = json.loads(sys.stdin.read())
+    pinned = pin_to(config.get("cpu", SERVER_CPU)) if config.get("cpu", 0) >= 0 else False
+    try:
+        result = asyncio.run(run(config))
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}", "systems": {}}
+    result["pinned"] = pinned
+    result["scenario"] = config["scenario"]
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
