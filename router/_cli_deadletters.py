@@ -309,7 +309,8 @@ class _Store:
     def purge(self, filters: dict[str, Any], older_than: float | None) -> dict[str, Any]:
         from .deadletters import DeadLetterFilter
 
-        before = None if older_than is None else time.time() - older_than
+        # An age of 0 means everything there is now (no time bound at all).
+        before = None if not older_than else time.time() - older_than
         where = DeadLetterFilter(**filters, before=before)
 
         async def work(store: Any) -> int:

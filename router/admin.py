@@ -271,10 +271,15 @@ class AdminAPI:
     async def purge(self, request: Request) -> Response:
         body = await _json_object(request, _PURGE_FIELDS)
         before = None
+        everything = False
         if body.get("older_than") is not None:
-            before = time.time() - parse_duration(body["older_than"])
+            age = parse_duration(body["older_than"])
+            # An age of 0 is "everything there is now", not "strictly before this
+            # millisecond", which would spare a record written in it.
+            everything = age == 0
+            before = None if everything else time.time() - age
         where = _filter(body, before=before)
-        if where == DeadLetterFilter():
+        if where == DeadLetterFilter() and not everything:
             raise _bad(
                 'purge needs a filter or older_than; to discard everything send {"older_than": 0}'
             )

@@ -15,7 +15,7 @@ from router import EventRouter, new_run_id, new_thread_id
 from router._sqlite_store import SQLiteDeadLetterStore
 from router.admin import AdminAPI
 from router.deadletters import RAW_EVENT_LIMIT, DeadLetterRecord
-from router.ids import new_dead_letter_id
+from router.ids import dead_letter_id_time, new_dead_letter_id
 
 from .conftest import ADMIN_TOKEN, make_app
 from .helpers import (
@@ -342,6 +342,21 @@ async def test_bulk_replay_by_reason_with_dry_run_max_and_report(
 
 
 # --------------------------------------------------------------------------- purge
+
+
+async def test_purge_everything_includes_a_record_of_this_very_millisecond(
+    router: EventRouter, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = await router.publish(thinking("registry"))
+    record = await router.dead_letters.get(kept.dead_letter_id or "")
+    assert record is not None
+    # The purge runs in the millisecond the record was written in.
+    frozen = dead_letter_id_time(record.id)
+    monkeypatch.setattr("router.admin.time.time", lambda: frozen)
+    everything = await client.post(
+        "/_router/dead-letters/purge", json={"older_than": 0}, headers=AUTH
+    )
+    assert everything.json() == {"deleted": 1}
 
 
 async def test_purge_by_filter_and_age(router: EventRouter, client: httpx.AsyncClient) -> None:
