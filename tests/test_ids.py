@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -294,6 +296,39 @@ def test_other_minted_ids_are_distinct_and_well_formed() -> None:
     assert len(events) == len(connections) == 1000
     assert all(is_event_id(e) for e in events)
     assert all(isinstance(c, str) and c for c in connections)
+
+
+def test_event_ids_are_uuid4_hex_unique_across_threads_and_forks() -> None:
+    minted: list[list[str]] = [[] for _ in range(4)]
+
+    def mint(into: list[str]) -> None:
+        into.extend(new_event_id() for _ in range(5_000))
+
+    workers = [threading.Thread(target=mint, args=(into,)) for into in minted]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    every = [event_id for into in minted for event_id in into]
+    assert len(set(every)) == len(every) == 20_000
+    for event_id in every[:1000]:
+        parsed = uuid.UUID(event_id)
+        assert parsed.hex == event_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+    # A forked child must not hand out the ids its parent's batch still holds.
+    new_event_id()  # the batch is now partly used
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write_end, " ".join(new_event_id() for _ in range(300)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_event_id() for _ in range(300)}
+    assert len(child) == 300 and not child & parent
 
 
 # --------------------------------------------------------------------------- properties
