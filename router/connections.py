@@ -211,6 +211,21 @@ class Connection:
             self.backlog -= 1
             yield frame
 
+    def take_queued(self) -> list[str]:
+        """Take every frame queued right now, as the writer does (off the backlog).
+
+        For code that drives a connection without a socket (tests, benchmarks).
+        """
+        taken: list[str] = []
+        outbox = self.outbox
+        while True:
+            try:
+                taken.append(outbox.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        self.backlog -= len(taken)
+        return taken
+
     async def put(self, frame: str) -> None:
         """Queue a frame, waiting for room (control replies and history replays)."""
         await self._outbox_in.send(frame)

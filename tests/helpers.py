@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import anyio
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -83,13 +82,7 @@ def open_connection(
 
 def drain(conn: Connection) -> list[dict[str, Any]]:
     """Every frame queued in the connection's outbox right now, parsed."""
-    frames = []
-    while True:
-        try:
-            raw = conn.outbox.receive_nowait()
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return frames
-        frames.append(json.loads(raw))
+    return [json.loads(raw) for raw in conn.take_queued()]
 
 
 def close_connection(conn: Connection) -> None:
