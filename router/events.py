@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import json.encoder
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias, cast
 
@@ -53,6 +55,7 @@ __all__ = [
     "outbound_schema",
     "parse_event",
     "prepare_frame",
+    "read_event",
 ]
 
 EVENT_TYPES = (
@@ -304,10 +307,6 @@ def _read_event_id(data: Any) -> str:
     return new_event_id()
 
 
-def _payload_size(payload: BaseModel) -> int:
-    return len(payload.__pydantic_serializer__.to_json(payload, exclude_unset=True))
-
-
 def parse_event(
     data: Any, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 ) -> BaseEvent | MalformedEvent:
@@ -315,6 +314,18 @@ def parse_event(
 
     Never raises for bad input; returns :class:`MalformedEvent` with a sentence
     saying what is wrong.
+    """
+    read = read_event(data, max_payload_bytes=max_payload_bytes)
+    return read if isinstance(read, MalformedEvent) else read[0]
+
+
+def read_event(
+    data: Any, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> tuple[BaseEvent, bytes] | MalformedEvent:
+    """:func:`parse_event`, also returning the payload as JSON.
+
+    The size check needs the payload serialised; the frame is made of the same
+    bytes (pass them to :func:`prepare_frame`), so it is serialised once.
     """
     # ``type(data) is not dict``: the usual input, a dict, skips the isinstance checks
     # (the models' metaclass makes each one slow).
@@ -365,7 +376,8 @@ def parse_event(
             return MalformedEvent(_describe(exc), kept, raw, _read_event_id(original))
     assert event is not None
     try:
-        size = _payload_size(event.payload)
+        payload = event.payload
+        body: bytes = payload.__pydantic_serializer__.to_json(payload, exclude_unset=True)
     except ValueError as exc:  # PydanticSerializationError: a lone surrogate in a str
         return MalformedEvent(
             f"payload cannot be written as JSON: {exc}"[:500],
@@ -373,14 +385,14 @@ def parse_event(
             False,
             _read_event_id(original),
         )
-    if size > max_payload_bytes:
+    if len(body) > max_payload_bytes:
         return MalformedEvent(
-            f"payload is {size} bytes, over the limit of {max_payload_bytes}",
+            f"payload is {len(body)} bytes, over the limit of {max_payload_bytes}",
             original,
             False,
             _read_event_id(original),
         )
-    return event
+    return event, body
 
 
 def _as_text(data: bytes | bytearray | memoryview | str) -> str:
@@ -437,32 +449,38 @@ class PreparedFrame:
         return f"{self.head}{seq}{self.tail}"
 
 
-_dumps = pydantic_core.to_json
+#: A str as a JSON string literal, quotes included (the C encoder of the json module;
+#: non-ASCII kept as is, as everywhere in the frame).
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 #: The value of a str (or str subclass) as a plain str.
 _plain = str.__str__
 
 
 def prepare_frame(
-    event: BaseEvent, *, event_id: str, thread_id: str, timestamp: str
+    event: BaseEvent,
+    *,
+    event_id: str,
+    thread_id: str,
+    timestamp: str,
+    payload_json: bytes | None = None,
 ) -> PreparedFrame:
-    """Serialise an accepted event's frame, apart from its ``seq``."""
-    # Hot path. Ids arrive as str subclasses (ThreadId, RunId), which pydantic-core
-    # serialises through a slow fallback: hand it plain strs. The payload model is
-    # serialised straight to JSON (the same bytes as via to_python, in one step).
-    head = _dumps({"type": event.type, "event_id": _plain(event_id)})  # type: ignore[attr-defined]
-    envelope = _dumps(
-        {
-            "thread_id": _plain(thread_id),
-            "run_id": _plain(event.run_id),
-            "agent_name": _plain(event.agent_name),
-            "timestamp": _plain(timestamp),
-        }
-    )
-    payload = event.payload  # type: ignore[attr-defined]
-    body = payload.__pydantic_serializer__.to_json(payload, exclude_unset=True)
+    """Serialise an accepted event's frame, apart from its ``seq``.
+
+    ``payload_json`` is the payload as :func:`read_event` serialised it (it is
+    serialised here when not given).
+    """
+    # Hot path: the frame is assembled from JSON string literals, in the key order
+    # of the outbound schema, with no intermediate dict.
+    if payload_json is None:
+        payload = event.payload  # type: ignore[attr-defined]
+        payload_json = payload.__pydantic_serializer__.to_json(payload, exclude_unset=True)
     return PreparedFrame(
-        head=head[:-1].decode() + ',"seq":',
-        tail=(b"," + envelope[1:-1] + b',"payload":' + body + b"}").decode(),
+        head=f'{{"type":{_quote(event.type)},"event_id":{_quote(_plain(event_id))},"seq":',  # type: ignore[attr-defined]
+        tail=(
+            f',"thread_id":{_quote(_plain(thread_id))},"run_id":{_quote(_plain(event.run_id))}'
+            f',"agent_name":{_quote(event.agent_name)},"timestamp":{_quote(_plain(timestamp))}'
+            f',"payload":{payload_json.decode()}}}'
+        ),
     )
 
 

@@ -51,6 +51,7 @@ from .events import (
     format_timestamp,
     parse_event,
     prepare_frame,
+    read_event,
 )
 from .ids import (
     extract_thread_id,
@@ -364,17 +365,18 @@ class EventRouter:
         """Stages 1-6. Raises BackendDown when a scale-out backend does not answer."""
         if replaying is not None and replaying.event_id:
             event_id = replaying.event_id
-        parsed = parse_event(event, max_payload_bytes=self.max_payload_bytes)
-        if isinstance(parsed, MalformedEvent):
+        read = read_event(event, max_payload_bytes=self.max_payload_bytes)
+        if isinstance(read, MalformedEvent):
             return await self._reject(
                 "malformed_event",
-                parsed.detail,
-                original=parsed.original,
-                raw=parsed.raw,
-                event_id=event_id or parsed.event_id,
+                read.detail,
+                original=read.original,
+                raw=read.raw,
+                event_id=event_id or read.event_id,
                 replaying=replaying,
                 source=event,
             )
+        parsed, payload_json = read
         event_id = parsed.event_id or event_id or new_event_id()
         try:
             thread_id, user_id = self._read_ids(parsed)
@@ -400,7 +402,11 @@ class EventRouter:
                 _format(parsed.timestamp) if parsed.timestamp is not None else _ms_timestamp()
             )
             frame = prepare_frame(
-                parsed, event_id=event_id, thread_id=thread_id, timestamp=timestamp
+                parsed,
+                event_id=event_id,
+                thread_id=thread_id,
+                timestamp=timestamp,
+                payload_json=payload_json,
             )
             outcome = await self.backend.commit(
                 thread_id=thread_id,
