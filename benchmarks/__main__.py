@@ -101,6 +101,8 @@ def _split_system(system: str, variants: dict[str, Path]) -> tuple[str, Path | N
 
 #: ``router:redis``: this tree's router on the Redis backend given with ``--redis``.
 REDIS_LABEL = "redis"
+#: The scenarios that get a router:redis row when --redis is given.
+REDIS_SCENARIOS = ("small", "fan", "paced", "agents")
 _REDIS: dict[str, str] = {}
 
 
@@ -465,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--redis",
         metavar="URL",
-        help="also measure the router on this Redis (system router:redis) in small, fan, paced",
+        help="also measure the router on this Redis (system router:redis) in "
+        + ", ".join(REDIS_SCENARIOS),
     )
     args = parser.parse_args(argv)
     if args.redis:
@@ -501,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if variants:
             extra = tuple(f"router:{label}" for label in variants)
             scenario = Scenario(**{**scenario.to_dict(), "systems": scenario.systems + extra})
-        if _REDIS and name in ("small", "fan", "paced"):
+        if _REDIS and name in REDIS_SCENARIOS:
             extra = (f"router:{REDIS_LABEL}",)
             scenario = Scenario(**{**scenario.to_dict(), "systems": scenario.systems + extra})
         log(f"{name}: {scenario.description} ({scenario.reps} reps)")

@@ -70,7 +70,10 @@ class Scenario:
     for paced ones; ``idle`` connections (one per extra user) receive nothing."""
 
     name: str
-    kind: str  # "flood" | "paced" | "inproc"
+    #: "flood" (one loop publishes round after round to every thread), "agents" (one
+    #: task per thread publishes its own events, as concurrent agents do), "paced",
+    #: "inproc"
+    kind: str
     users: int
     conns_per_user: int
     reps: int
@@ -131,6 +134,16 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
                 systems=("bare", "router"),
                 description="600 idle connections + 50 users x 2 connections at 2,000 events/s",
             ),
+            "agents": Scenario(
+                "agents",
+                "agents",
+                users=50,
+                conns_per_user=1,
+                reps=reps,
+                per_thread=40,
+                systems=("bare", "router"),
+                description="50 users x 1 connection, one agent task per thread, 40 events each",
+            ),
             "inproc": Scenario(
                 "inproc",
                 "inproc",
@@ -183,6 +196,16 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             idle=5000,
             systems=("bare", "router"),
             description="5,000 idle connections + 100 users x 2 connections at 4,000 events/s",
+        ),
+        "agents": Scenario(
+            "agents",
+            "agents",
+            users=50,
+            conns_per_user=1,
+            reps=reps,
+            per_thread=400,
+            systems=("bare", "router"),
+            description="50 users x 1 connection, one agent task per thread, 400 events each",
         ),
         "inproc": Scenario(
             "inproc",

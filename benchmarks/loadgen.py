@@ -315,7 +315,7 @@ class Target:
 
 def _expected_per_thread(scenario: dict[str, Any], threads: int) -> tuple[int, int]:
     """(events per thread, total events) of one emission."""
-    if scenario["kind"] == "flood":
+    if scenario["kind"] in ("flood", "agents"):
         per_thread = int(scenario["per_thread"])
     else:
         per_thread = max(1, round(scenario["rate"] * scenario["duration"] / threads))

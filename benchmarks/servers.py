@@ -383,6 +383,8 @@ class Control:
                             state.rejected += 1
                     # One round per loop pass: the systems' writers get their turn.
                     await asyncio.sleep(0)
+            elif spec["mode"] == "agents":
+                await self._agents(spec, targets, state)
             else:
                 await self._paced(spec, targets, state)
         except Exception as exc:
@@ -390,6 +392,23 @@ class Control:
         finally:
             state.last_ns = time.monotonic_ns()
             state.running = False
+
+    async def _agents(
+        self, spec: dict[str, Any], targets: Sequence[tuple[str, str, str]], state: Emission
+    ) -> None:
+        """One task per thread, each publishing its own events in order, all at once:
+        many agents running side by side, as in a real server."""
+        per_thread = int(spec["per_thread"])
+        emit = self.system.emit
+
+        async def agent(user: str, thread_id: str, run_id: str) -> None:
+            for n in range(per_thread):
+                if await emit(user, thread_id, run_id, n):
+                    state.published += 1
+                else:
+                    state.rejected += 1
+
+        await asyncio.gather(*(agent(*target) for target in targets))
 
     async def _paced(
         self, spec: dict[str, Any], targets: Sequence[tuple[str, str, str]], state: Emission

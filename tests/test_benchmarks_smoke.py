@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"small", "fan", "paced", "many", "inproc"}
+SCENARIOS = {"small", "fan", "agents", "paced", "many", "inproc"}
 
 
 @pytest.mark.timeout(180)

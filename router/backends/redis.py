@@ -42,6 +42,7 @@ from .._tasks import Services
 from ..connections import Hub
 from ..history import HistorySlice
 from ..ids import UserId, new_connection_id
+from ._redis_commit import CommitPipe
 from .base import BackendDown, Committed
 
 __all__ = ["RedisBackend", "RedisDeadLetterStore", "RedisThreadStore"]
@@ -109,6 +110,7 @@ return {seq, listeners}
 """
 
 _REDIS_ERRORS = (RedisError, OSError)
+_TOOL_EVENTS = frozenset({"tool_executing", "tool_completed"})
 
 
 def _client(url: str, *, max_connections: int = 64, **options: Any) -> Any:
@@ -188,9 +190,12 @@ class RedisBackend:
         # redis-py's annotations are looser than mypy --strict likes; the calls we
         # make are few and covered by tests against a real server.
         self.redis: Any = _client(url, **client_options)
-        self._sub_redis: Any = _client(url, **{**client_options, "socket_timeout": None})
+        self._sub_redis: Any = _client(
+            # RESP2: the subscription is read as plain replies (see _read).
+            url, **{**client_options, "protocol": 2, "socket_timeout": None}
+        )
         self.threads = RedisThreadStore(self)
-        self._commit = self.redis.register_script(_COMMIT)
+        self._commits = CommitPipe(self.redis, _COMMIT)
         self._hub: Hub | None = None
         self._services = Services()
         self._pubsub: Any = None
@@ -229,6 +234,7 @@ class RedisBackend:
             # Start anyway: publishes spool until Redis answers.
             logger.warning("redis unreachable at start (%s); events will be spooled", exc)
             self._lost_since = time.time()
+        self._services.spawn(self._commits.run, name="redis-commits")
         self._services.spawn(self._subscriber, name="redis-subscriber")
         self._services.spawn(self._prober, name="redis-prober")
 
@@ -291,10 +297,14 @@ class RedisBackend:
         head: str,
         tail: str,
     ) -> Committed | str:
-        tool_name = getattr(payload, "tool_name", "") or ""
-        call_id = getattr(payload, "tool_call_id", None) or ""
+        tool_name = call_id = ""
+        if event_type in _TOOL_EVENTS:
+            # Only tool payloads have these (a missing attribute on a pydantic
+            # model is a slow AttributeError).
+            tool_name = payload.tool_name
+            call_id = payload.tool_call_id or ""
         try:
-            answer = await self._commit(
+            answer = await self._commits.call(
                 keys=[
                     self.key("seq"),
                     self.key("h:" + thread_id),
@@ -458,12 +468,15 @@ class RedisBackend:
     async def _read(self, pubsub: Any) -> None:
         probe = self._probe_channel
         prefix_len = len(self.key("u:"))
+        # Replies straight off the subscription's connection (RESP2: [kind, channel,
+        # data]): PubSub.get_message wraps each in a retry, a dict and handlers this
+        # reader does not need, on the path of every event.
+        read = pubsub.connection.read_response
         while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
+            reply = await read(timeout=None)
+            if not isinstance(reply, list) or len(reply) != 3:
                 continue
-            kind = message["type"]
-            channel = message["channel"]
+            kind, channel, data = reply
             if kind == "subscribe":
                 if channel == probe:
                     await self._resubscribed()
@@ -477,7 +490,7 @@ class RedisBackend:
             if channel == probe:
                 self._probe_seen.set()
                 continue
-            await self._on_message(channel[prefix_len:], message["data"])
+            await self._on_message(channel[prefix_len:], data)
 
     async def _resubscribed(self) -> None:
         """The subscription is (back) up: check the epoch and heal what was missed."""

@@ -1,0 +1,136 @@
+"""The Redis commit path: concurrent publishers share round trips, in call order,
+through a restart of Redis's script cache and through cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from router import EventRouter, new_run_id, new_thread_id
+from router.backends._redis_commit import CommitPipe
+
+from .conftest import wait_for
+from .helpers import close_connection, open_connection
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def thinking(run_id: str, n: int) -> dict[str, Any]:
+    return {
+        "type": "agent_thinking",
+        "run_id": run_id,
+        "agent_name": "w",
+        "payload": {"reasoning": f"step {n}"},
+    }
+
+
+async def started_router(redis_url: str, prefix: str) -> EventRouter:
+    router = EventRouter(
+        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
+    )
+    await router.start()
+    return router
+
+
+async def test_concurrent_publishers_share_round_trips_and_keep_each_threads_order(
+    redis_url: str, prefix: str
+) -> None:
+    router = await started_router(redis_url, prefix)
+    try:
+        runs = []
+        for index in range(20):
+            thread = new_thread_id("pipe")
+            await router.threads.create(thread, f"user{index}")
+            run_id = new_run_id(thread)
+            assert await router.publish(
+                {"type": "agent_started", "run_id": run_id, "agent_name": "w"}
+            )
+            runs.append(run_id)
+        pipe: CommitPipe = router.backend._commits  # type: ignore[attr-defined]
+        trips, runs_before = pipe.round_trips, pipe.runs
+
+        async def agent(run_id: str) -> list[int]:
+            seqs = []
+            for n in range(30):
+                result = await router.publish(thinking(run_id, n))
+                assert result.accepted, result
+                seqs.append(result.seq)
+            return seqs
+
+        every = await asyncio.gather(*(agent(run_id) for run_id in runs))
+        for seqs in every:
+            assert seqs == list(range(2, 32))  # agent_started was 1
+        made = pipe.runs - runs_before
+        assert made == 20 * 30
+        # Twenty agents at once: far fewer round trips than scripts run.
+        assert pipe.round_trips - trips < made / 4
+    finally:
+        await router.stop()
+
+
+async def test_commit_reloads_the_script_after_redis_forgot_it(redis_url: str, prefix: str) -> None:
+    router = await started_router(redis_url, prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        thread = new_thread_id("flush")
+        await router.threads.create(thread, "alice")
+        run_id = new_run_id(thread)
+        assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+        await client.script_flush()
+        # Several at once, all missing the script: reloaded once, run in order.
+        results = await asyncio.gather(*(router.publish(thinking(run_id, n)) for n in range(5)))
+        assert [r.seq for r in results] == [2, 3, 4, 5, 6]
+        assert router.stats.spooled == 0
+    finally:
+        await client.aclose()
+        await router.stop()
+
+
+async def test_a_publisher_cancelled_before_its_turn_commits_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    router = await started_router(redis_url, prefix)
+    try:
+        thread = new_thread_id("cancel")
+        await router.threads.create(thread, "alice")
+        run_id = new_run_id(thread)
+        assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+        conn = open_connection(router, "alice")
+        await router.backend.watch("alice")
+        # Both queue in the pipe within one pass of the loop (nothing before it waits);
+        # the second is cancelled before the pipe's writer takes the queue.
+        first = asyncio.ensure_future(router.publish(thinking(run_id, 1)))
+        doomed = asyncio.ensure_future(router.publish(thinking(run_id, 2)))
+        await asyncio.sleep(0)
+        assert len(router.backend._commits._queue) == 2  # type: ignore[attr-defined]
+        doomed.cancel()
+        assert (await first).seq == 2
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        after = await router.publish(thinking(run_id, 3))
+        assert after.seq == 3  # the cancelled event took no seq
+        frames: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            frames.extend(json.loads(raw) for raw in conn.take_queued())
+            return len(frames) >= 2
+
+        await wait_for(arrived, 10, "both frames through the subscription")
+        assert [f["payload"]["reasoning"] for f in frames] == ["step 1", "step 3"]
+        close_connection(conn)
+    finally:
+        await router.stop()
+
+
+async def test_publish_after_stop_fails_fast_instead_of_hanging(
+    redis_url: str, prefix: str
+) -> None:
+    router = await started_router(redis_url, prefix)
+    pipe: CommitPipe = router.backend._commits  # type: ignore[attr-defined]
+    await router.stop()
+    with pytest.raises(ConnectionError):
+        await pipe.call(["k"], [1])
