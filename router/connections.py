@@ -13,12 +13,12 @@ side buffer and follow the replay.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
-import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["Connection", "ConnectionState", "Hub"]
@@ -100,7 +100,7 @@ class Connection:
         self._high_water = max(1, outbox_size // 2)
         self._on_close = on_close
         self._canceller: Callable[[], None] | None = None
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: asyncio.Event | None = None
 
     def _move(self, new: ConnectionState) -> None:
         allowed = _TRANSITIONS[self.state]
@@ -195,15 +195,17 @@ class Connection:
             try:
                 frame = outbox.receive_nowait()
             except anyio.WouldBlock:
+                # asyncio's own Event and sleep(0): anyio's look up the running
+                # backend on every call, which costs more than the wait itself here.
                 if looked:
                     looked = False
                     # No await since receive_nowait found the outbox empty: nothing
                     # can have been queued in between, so no wake-up is missed.
-                    event = self._wakeup = anyio.Event()
+                    event = self._wakeup = asyncio.Event()
                     await event.wait()
                 else:
                     looked = True
-                    await anyio.lowlevel.checkpoint()
+                    await asyncio.sleep(0)
                 continue
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
