@@ -265,11 +265,11 @@ class _Session:
         try:
             await self.attached.wait()
             send = self.send
-            # Drains what is queued in one go; see Connection.frames for the wait.
-            async for frame in self.conn.frames():
-                await send({"type": "websocket.send", "text": frame})
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            pass
+            next_batch = self.conn.next_batch
+            # What is queued is taken in one go; see Connection.next_batch for the wait.
+            while (batch := await next_batch()) is not None:
+                for frame in batch:
+                    await send({"type": "websocket.send", "text": frame})
         except OSError:
             # The client went away under us (uvicorn's ClientDisconnected is an OSError).
             self.disconnected = True

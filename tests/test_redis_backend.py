@@ -306,7 +306,7 @@ async def test_subscriber_cut_off_by_redis_resubscribes_and_heals(
         received: list[int] = []
 
         async def drain() -> None:
-            async for frame in conn.outbox:
+            async for frame in conn.frames():
                 received.append(json.loads(frame)["seq"])
                 if len(received) == len(events):
                     return
@@ -349,7 +349,7 @@ async def test_redis_killed_mid_stream_loses_nothing(
         received: dict[str, int] = {}
 
         async def drain() -> None:
-            async for frame in conn.outbox:
+            async for frame in conn.frames():
                 data = json.loads(frame)
                 received[data["event_id"]] = data["seq"]
 
@@ -492,7 +492,8 @@ async def test_probe_catches_a_subscription_that_delivers_nothing_and_heals(
             events = run_events(thread, 40)
             for event in events[:10]:
                 assert await agent.publish(event)
-            received = [json.loads(await conn.outbox.receive())["seq"] for _ in range(10)]
+            frames = conn.frames()
+            received = [json.loads(await anext(frames))["seq"] for _ in range(10)]
             # The subscription goes quiet without closing: no error anywhere.
             assert proxy.silence() == 1
             for event in events[10:]:
@@ -501,7 +502,7 @@ async def test_probe_catches_a_subscription_that_delivers_nothing_and_heals(
             # with nothing more published.
             while len(received) < 40:
                 with anyio_fail_after(20):
-                    received.append(json.loads(await conn.outbox.receive())["seq"])
+                    received.append(json.loads(await anext(frames))["seq"])
             assert web.backend.stats()["probe_failures"] >= 1
             assert received == list(range(1, 41))
             assert web.backend.stats()["healed"] >= 30
