@@ -191,12 +191,16 @@ class EventRouter:
         self.dead_letter_no_recipient = dead_letter_no_recipient
         self._running = False
         self._run_threads: dict[str, str] = {}
-        # event_id -> (thread_id, seq, connections queued here, owner listening anywhere)
-        # of recent accepted events, for the admin lookup. Two generations of
-        # _RECENT_EVENTS: a full one is kept as the older and a new one started, so the
-        # hot path pays one insert and no eviction.
-        self._recent: dict[str, tuple[str, int, int, bool]] = {}
-        self._recent_older: dict[str, tuple[str, int, int, bool]] = {}
+        # Recent accepted events, for the admin lookup: event_id -> (thread_id, seq,
+        # connections queued here, owner listening anywhere), kept as a str and an int
+        # (_pack_recent) because neither is tracked by the cyclic garbage collector: a
+        # tuple per event would trigger a collection every 700 events. Two generations
+        # of _RECENT_EVENTS: a full one is kept as the older and a new one started, so
+        # the hot path pays one insert and no eviction.
+        self._recent_threads: dict[str, str] = {}
+        self._recent_info: dict[str, int] = {}
+        self._recent_threads_older: dict[str, str] = {}
+        self._recent_info_older: dict[str, int] = {}
         # Where a record being replayed lives, when not in ``dead_letters`` (the spool store).
         self._replay_sources: dict[str, DeadLetterStore] = {}
         self._services = Services()
@@ -431,11 +435,15 @@ class EventRouter:
                 replaying=replaying,
             )
         self.stats.accepted += 1
-        recent = self._recent
-        if len(recent) >= _RECENT_EVENTS:
-            self._recent_older, recent = recent, {}
-            self._recent = recent
-        recent[event_id] = (thread_id, outcome.seq, outcome.queued, outcome.listeners)
+        threads = self._recent_threads
+        if len(threads) >= _RECENT_EVENTS:
+            self._recent_threads_older, threads = threads, {}
+            self._recent_info_older, self._recent_info = self._recent_info, {}
+            self._recent_threads = threads
+        threads[event_id] = thread_id
+        self._recent_info[event_id] = (
+            (outcome.seq << 32) | (outcome.queued << 1) | (1 if outcome.listeners else 0)
+        )
         dead_letter_id = None
         event_type: str = parsed.type  # type: ignore[attr-defined]
         if not outcome.listeners and self.dead_letter_no_recipient and event_type in FINAL_TYPES:
@@ -648,8 +656,15 @@ class EventRouter:
         backend's commit handed it to in this process (a scale-out backend fans out
         later, so 0 there), ``listeners`` whether the owner had a live connection
         anywhere."""
-        found = self._recent.get(event_id)
-        return found if found is not None else self._recent_older.get(event_id)
+        thread_id = self._recent_threads.get(event_id)
+        if thread_id is not None:
+            info = self._recent_info[event_id]
+        else:
+            thread_id = self._recent_threads_older.get(event_id)
+            if thread_id is None:
+                return None
+            info = self._recent_info_older[event_id]
+        return thread_id, info >> 32, (info & 0xFFFFFFFF) >> 1, bool(info & 1)
 
     def _store_of(self, record: DeadLetterRecord) -> DeadLetterStore:
         return self._replay_sources.get(record.id, self.dead_letters)
