@@ -520,3 +520,26 @@ async def test_publish_before_start_is_misuse() -> None:
         assert not result and result.reason == "invalid_id"
     with pytest.raises(RouterNotStarted):
         await router.publish(thinking("registry"))
+
+
+async def test_recent_event_lookup_keeps_two_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("router.router._RECENT_EVENTS", 3)
+    async with EventRouter(dead_letters="memory://") as router:
+        thread = await new_thread(router, "alice")
+        run_id = await start_run(router, thread)
+        conn = open_connection(router, "alice")
+        results = [await router.publish(thinking(run_id, f"step {n}")) for n in range(7)]
+        close_connection(conn)
+        # agent_started and steps 0-1 filled a generation; steps 2-4 the next, which
+        # pushed the first out; steps 5-6 are in the newest.
+        assert [router.accepted_event(r.event_id) is not None for r in results] == [
+            False,
+            False,
+            True,
+            True,
+            True,
+            True,
+            True,
+        ]
+        found = router.accepted_event(results[-1].event_id)
+        assert found == (thread, 8, 1, True)
