@@ -18,7 +18,7 @@ import json
 import json.encoder
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeAlias, cast
+from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, cast
 
 import pydantic_core
 from pydantic import (
@@ -438,9 +438,11 @@ def format_timestamp(moment: datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-@dataclasses.dataclass(slots=True, frozen=True)
-class PreparedFrame:
-    """An outbound frame serialised once, waiting only for its ``seq``."""
+class PreparedFrame(NamedTuple):
+    """An outbound frame serialised once, waiting only for its ``seq``.
+
+    (A NamedTuple: one is made per accepted event, at a fraction of a frozen
+    dataclass's cost.)"""
 
     head: str
     tail: str

@@ -26,7 +26,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -342,16 +341,20 @@ def new_event_id() -> str:
 
 
 def _event_id_batch() -> Iterator[str]:
-    # uuid.uuid4().hex without building UUIDs: 16 random bytes each, version 4,
-    # RFC 4122 variant. A list iterator: next() on it is atomic, so threads
-    # minting at once never get the same id.
-    data = os.urandom(16 * _EVENT_ID_BATCH)
-    return iter(
-        [
-            f"{(int.from_bytes(data[i : i + 16]) & _UUID4_CLEAR) | _UUID4_SET:032x}"
-            for i in range(0, len(data), 16)
-        ]
-    )
+    # uuid.uuid4().hex without building UUIDs: 16 random bytes each, with the
+    # version (4) and variant (RFC 4122) bits set on every block at once. A list
+    # iterator: next() on it is atomic, so threads minting at once never get the
+    # same id.
+    data = bytearray(os.urandom(16 * _EVENT_ID_BATCH))
+    data[6::16] = data[6::16].translate(_UUID4_VERSION)
+    data[8::16] = data[8::16].translate(_UUID4_VARIANT)
+    text = data.hex()
+    return iter([text[i : i + 32] for i in range(0, len(text), 32)])
+
+
+#: Byte maps setting a uuid4's version nibble (byte 6) and variant bits (byte 8).
+_UUID4_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_UUID4_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
 
 
 def _forget_event_ids() -> None:
@@ -363,11 +366,6 @@ def _forget_event_ids() -> None:
 _EVENT_ID_BATCH = 256
 _event_ids: Iterator[str] = iter(())
 os.register_at_fork(after_in_child=_forget_event_ids)
-
-
-#: The version (4) and variant (RFC 4122) bits of a uuid4, and the bits they replace.
-_UUID4_SET = uuid.UUID("00000000-0000-4000-8000-000000000000").int
-_UUID4_CLEAR = ~uuid.UUID("00000000-0000-f000-c000-000000000000").int
 
 
 def new_connection_id() -> str:

@@ -112,22 +112,22 @@ class _Rejection(Exception):
         self.detail = detail
 
 
-#: (unix second, its text up to the milliseconds): strftime is slow, and every event
-#: accepted within one second shares the text.
-_second_text: tuple[int, str] = (-1, "")
+#: The last millisecond stamped (unix ms) and its text: every event accepted within
+#: one millisecond shares it (strftime, and even formatting, cost more than a compare).
+#: One tuple, replaced whole, so concurrent callers never pair a text with another ms.
+_last_stamp: tuple[int, str] = (-1, "")
 
 
 def _ms_timestamp() -> str:
     """Now, in UTC, as ``2026-11-21T23:59:00.123Z`` (truncated to the millisecond)."""
-    global _second_text
-    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-    cached = _second_text
-    if cached[0] != seconds:
-        cached = _second_text = (
-            seconds,
-            time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)),
-        )
-    return f"{cached[1]}{nanos // 1_000_000:03d}Z"
+    global _last_stamp
+    millis = time.time_ns() // 1_000_000
+    stamp = _last_stamp
+    if stamp[0] != millis:
+        seconds, rest = divmod(millis, 1000)
+        text = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{rest:03d}Z"
+        stamp = _last_stamp = (millis, text)
+    return stamp[1]
 
 
 class EventRouter:
