@@ -134,3 +134,50 @@ async def test_publish_after_stop_fails_fast_instead_of_hanging(
     await router.stop()
     with pytest.raises(ConnectionError):
         await pipe.call(["k"], [1])
+
+
+async def test_lifecycle_rules_and_settings_hold_in_the_script(redis_url: str, prefix: str) -> None:
+    router = EventRouter(
+        backend=redis_url,
+        dead_letters="memory://",
+        backend_options={"prefix": prefix, "history_size": 5, "run_ttl": 42},
+    )
+    async with router:
+        thread = new_thread_id("rules")
+        await router.threads.create(thread, "alice")
+        run_id = new_run_id(thread)
+        early = await router.publish(thinking(run_id, 0))
+        assert early.reason == "lifecycle_violation"
+        assert early.detail == (
+            f"run {run_id!r} has not started: its first event must be agent_started"
+        )
+        started = {"type": "agent_started", "run_id": run_id, "agent_name": "w"}
+        assert await router.publish(started)
+        again = await router.publish(started)
+        assert again.detail == f"run {run_id!r} has already started"
+        orphan = await router.publish(
+            {
+                "type": "tool_completed",
+                "run_id": run_id,
+                "agent_name": "w",
+                "payload": {"tool_name": "search"},
+            }
+        )
+        assert orphan.detail == (
+            f"tool_completed for search without an open tool_executing in run {run_id!r}"
+        )
+        for n in range(8):
+            assert await router.publish(thinking(run_id, n))
+        done = {"type": "agent_completed", "run_id": run_id, "agent_name": "w"}
+        assert await router.publish(done)
+        late = await router.publish(thinking(run_id, 99))
+        assert late.detail == (
+            f"run {run_id!r} already ended with agent_completed; no agent_thinking may follow"
+        )
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            # The settings written into the script: a history of 5, the finished run's TTL.
+            assert await client.xlen(prefix + "h:" + thread) == 5
+            assert 0 < await client.ttl(prefix + "r:" + run_id) <= 42
+        finally:
+            await client.aclose()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -133,12 +134,14 @@ class CommitPipe:
             b"".join([_pack(prefix, args) for args in argsets]), check_health=False
         )
         replies: list[Any] = []
-        for _ in argsets:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                # An error reply is read in full: the next reply follows intact.
-                replies.append(exc)
+        # One deadline for the batch's replies, not one timeout context per reply.
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in argsets:
+                try:
+                    replies.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    # An error reply is read in full: the next reply follows intact.
+                    replies.append(exc)
         self.round_trips += 1
         self.runs += len(argsets)
         return replies

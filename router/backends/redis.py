@@ -50,23 +50,28 @@ __all__ = ["RedisBackend", "RedisDeadLetterStore", "RedisThreadStore"]
 logger = logging.getLogger("router.redis")
 
 _COMMIT = r"""
+-- KEYS: <prefix>seq, <prefix>h:<thread>, <prefix>r:<run>, <prefix>ut:<user>
+-- ARGV: thread, type, tool name, tool call id, frame head, frame tail
+-- The backend's settings (history size, TTLs) are written into the script.
 local run = KEYS[3]
+local key_prefix = string.sub(KEYS[1], 1, -4)
+local run_name = "'" .. string.sub(run, #key_prefix + 3) .. "'"
 local etype = ARGV[2]
 local fin = redis.call('HGET', run, 'f')
 if fin then
-  return {0, 'run ' .. ARGV[12] .. ' already ended with ' .. fin ..
+  return {0, 'run ' .. run_name .. ' already ended with ' .. fin ..
     '; no ' .. etype .. ' may follow'}
 end
 local started = redis.call('HGET', run, 's')
 if etype == 'agent_started' then
-  if started then return {0, 'run ' .. ARGV[12] .. ' has already started'} end
+  if started then return {0, 'run ' .. run_name .. ' has already started'} end
   redis.call('HSET', run, 's', '1')
 elseif not started then
-  return {0, 'run ' .. ARGV[12] .. ' has not started: its first event must be agent_started'}
+  return {0, 'run ' .. run_name .. ' has not started: its first event must be agent_started'}
 elseif etype == 'tool_executing' then
   local field = 't:' .. ARGV[3] .. '\0' .. ARGV[4]
   if ARGV[4] ~= '' and redis.call('HEXISTS', run, field) == 1 then
-    return {0, 'tool call ' .. ARGV[4] .. ' of run ' .. ARGV[12] .. ' is already executing'}
+    return {0, 'tool call ' .. ARGV[4] .. ' of run ' .. run_name .. ' is already executing'}
   end
   redis.call('HINCRBY', run, field, 1)
 elseif etype == 'tool_completed' then
@@ -86,26 +91,27 @@ elseif etype == 'tool_completed' then
   end
   if not field then
     return {0, 'tool_completed for ' .. ARGV[3] ..
-      ' without an open tool_executing in run ' .. ARGV[12]}
+      ' without an open tool_executing in run ' .. run_name}
   end
   if redis.call('HINCRBY', run, field, -1) <= 0 then redis.call('HDEL', run, field) end
 end
 if etype == 'agent_completed' or etype == 'agent_error' then
   redis.call('HSET', run, 'f', etype)
-  redis.call('EXPIRE', run, ARGV[10])
+  redis.call('EXPIRE', run, __RUN_TTL__)
 else
-  redis.call('EXPIRE', run, ARGV[9])
+  redis.call('EXPIRE', run, __UNFINISHED_RUN_TTL__)
 end
 local seq = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 local frame = ARGV[5] .. seq .. ARGV[6]
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], seq .. '-1', 'f', frame, 't', ms)
-redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('XADD', KEYS[2], 'MAXLEN', __HISTORY_SIZE__, seq .. '-1', 'f', frame, 't', ms)
+redis.call('EXPIRE', KEYS[2], __HISTORY_TTL__)
 redis.call('ZADD', KEYS[4], ms, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms - tonumber(ARGV[8]) * 1000)
-redis.call('EXPIRE', KEYS[4], ARGV[8])
-local listeners = redis.call('PUBLISH', ARGV[11], seq .. ' ' .. ARGV[1] .. ' ' .. frame)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms - __HISTORY_TTL__ * 1000)
+redis.call('EXPIRE', KEYS[4], __HISTORY_TTL__)
+local channel = key_prefix .. 'u:' .. string.sub(KEYS[4], #key_prefix + 4)
+local listeners = redis.call('PUBLISH', channel, seq .. ' ' .. ARGV[1] .. ' ' .. frame)
 return {seq, listeners}
 """
 
@@ -195,7 +201,7 @@ class RedisBackend:
             url, **{**client_options, "protocol": 2, "socket_timeout": None}
         )
         self.threads = RedisThreadStore(self)
-        self._commits = CommitPipe(self.redis, _COMMIT)
+        self._commits = CommitPipe(self.redis, self._commit_script())
         self._hub: Hub | None = None
         self._services = Services()
         self._pubsub: Any = None
@@ -219,6 +225,20 @@ class RedisBackend:
         self.healed = 0
         self.probe_failures = 0
         self.epoch_changes = 0
+
+    def _commit_script(self) -> str:
+        """The commit script with this backend's settings written in (fewer bytes
+        per event than sending them as arguments each time)."""
+        settings = {
+            "__HISTORY_SIZE__": self.history_size,
+            "__HISTORY_TTL__": max(1, int(self.history_ttl)),
+            "__UNFINISHED_RUN_TTL__": max(1, int(self.unfinished_run_ttl)),
+            "__RUN_TTL__": max(1, int(self.run_ttl)),
+        }
+        script = _COMMIT
+        for name, value in settings.items():
+            script = script.replace(name, str(int(value)))
+        return script
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -318,12 +338,6 @@ class RedisBackend:
                     call_id,
                     head,
                     tail,
-                    self.history_size,
-                    max(1, int(self.history_ttl)),
-                    max(1, int(self.unfinished_run_ttl)),
-                    max(1, int(self.run_ttl)),
-                    self.key("u:" + user_id),
-                    repr(run_id),
                 ],
             )
         except _REDIS_ERRORS as exc:
