@@ -101,12 +101,14 @@ async def test_a_publisher_cancelled_before_its_turn_commits_nothing(
         assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
         conn = open_connection(router, "alice")
         await router.backend.watch("alice")
-        # Both queue in the pipe within one pass of the loop (nothing before it waits);
-        # the second is cancelled before the pipe's writer takes the queue.
+        # Within one pass of the loop (nothing before the pipe waits) the first
+        # makes its round trip and the second queues behind it; the second is
+        # cancelled before the pipe's writer takes the queue.
+        pipe: CommitPipe = router.backend._commits  # type: ignore[attr-defined]
         first = asyncio.ensure_future(router.publish(thinking(run_id, 1)))
         doomed = asyncio.ensure_future(router.publish(thinking(run_id, 2)))
         await asyncio.sleep(0)
-        assert len(router.backend._commits._queue) == 2  # type: ignore[attr-defined]
+        assert pipe._busy and len(pipe._queue) == 1
         doomed.cancel()
         assert (await first).seq == 2
         with pytest.raises(asyncio.CancelledError):
@@ -181,3 +183,29 @@ async def test_lifecycle_rules_and_settings_hold_in_the_script(redis_url: str, p
             assert 0 < await client.ttl(prefix + "r:" + run_id) <= 42
         finally:
             await client.aclose()
+
+
+async def test_a_publisher_cancelled_mid_round_trip_leaves_the_pipe_usable(
+    redis_url: str, prefix: str
+) -> None:
+    async with EventRouter(
+        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
+    ) as router:
+        thread = new_thread_id("midway")
+        await router.threads.create(thread, "alice")
+        run_id = new_run_id(thread)
+        assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+        pipe: CommitPipe = router.backend._commits  # type: ignore[attr-defined]
+        cut = asyncio.ensure_future(router.publish(thinking(run_id, 1)))
+        await asyncio.sleep(0)
+        assert pipe._busy  # written, its reply not read yet
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        # Redis ran it or not, atomically; the connection with the unread reply is
+        # dropped and the next commit gets the next seq either way.
+        after = await router.publish(thinking(run_id, 2))
+        assert after.accepted and after.seq in (2, 3)
+        history = await router.backend.read_history(thread, 0)
+        seqs = [seq for seq, _ in history.frames]
+        assert seqs == list(range(1, after.seq + 1))

@@ -1,11 +1,11 @@
 """The commit path to Redis: every publisher of a process shares one pipelined connection.
 
-Each accepted event costs one run of the commit script. Publishers that commit at
-the same time (agents run concurrently) are written to Redis together, in the
-order they called, and their replies read back in that order: N concurrent
-commits cost one write and one round trip, and a lone publisher waits for its
-own round trip only. Redis runs the scripts one after another in that order, so
-per-thread order is the order of the calls.
+Each accepted event costs one run of the commit script. A publisher that finds the
+connection idle makes its round trip itself; publishers that commit while one is
+in flight (agents run concurrently) queue, and the pipe's writer task sends them
+together, in the order they called, and reads their replies back in that order:
+N concurrent commits cost one write and one round trip. Redis runs the scripts
+one after another in that order, so per-thread order is the order of the calls.
 
 Cancelling a publisher is safe: an entry not yet written is skipped (nothing is
 committed), an entry already written is committed in full (its reply is dropped).
@@ -31,6 +31,8 @@ class CommitPipe:
 
     def __init__(self, client: Any, script: str, *, max_batch: int = 512) -> None:
         self._pool = client.connection_pool
+        #: seconds a round trip may take (the client's socket timeout)
+        self._timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         self._evalsha = [_bulk(b"EVALSHA"), _bulk(self._sha.encode())]
@@ -39,6 +41,8 @@ class CommitPipe:
         self._wakeup = asyncio.Event()
         self._conn: Any = None
         self._running = False
+        #: a round trip is in flight (the connection is in use)
+        self._busy = False
         #: round trips made and scripts run (batching shows as runs > round trips)
         self.round_trips = 0
         self.runs = 0
@@ -47,10 +51,32 @@ class CommitPipe:
         """Run the script; raises what redis-py raises when Redis does not answer."""
         if not self._running:
             raise ConnectionError("the commit pipe is not running (the backend is stopped)")
+        argset = (len(keys), *keys, *args)
+        if not self._busy and not self._queue:
+            return await self._call_directly(argset)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(((len(keys), *keys, *args), future))
+        self._queue.append((argset, future))
         self._wakeup.set()
         return await future
+
+    async def _call_directly(self, argset: tuple[Any, ...]) -> Any:
+        """Nobody else is committing: make the round trip in the caller's task,
+        saving the hand-off to the writer and back (two passes of the event loop,
+        most of a lone publisher's wait)."""
+        self._busy = True
+        try:
+            (reply,) = await self._execute([argset])
+        except BaseException:
+            # Failed or cancelled mid-reply: the connection is not reused.
+            await self._drop()
+            raise
+        finally:
+            self._busy = False
+            if self._queue:
+                self._wakeup.set()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def run(self) -> None:
         """The writer: the router's background task for as long as it runs."""
@@ -59,13 +85,19 @@ class CommitPipe:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while self._queue:
+                # While a caller makes its own round trip (busy), it wakes this
+                # writer again when it is done.
+                while self._queue and not self._busy:
                     taken = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
                     # A caller cancelled before its turn: its event is not committed.
                     batch = [entry for entry in taken if not entry[1].done()]
                     if batch:
-                        await self._send(batch)
+                        self._busy = True
+                        try:
+                            await self._send(batch)
+                        finally:
+                            self._busy = False
         finally:
             self._running = False
             for _, future in self._queue:
@@ -107,8 +139,14 @@ class CommitPipe:
 
     async def _connection(self) -> Any:
         if self._conn is None:
-            conn = self._pool.make_connection()
-            await conn.connect()
+            # Without a socket timeout of its own: each round trip (write and
+            # replies) runs under one deadline instead. redis-py enforces a socket
+            # timeout on writes with asyncio.wait_for, which on Python 3.11 can
+            # swallow a cancellation that arrives as the write completes.
+            kwargs = {**self._pool.connection_kwargs, "socket_timeout": None}
+            conn = self._pool.connection_class(**kwargs)
+            async with asyncio.timeout(self._timeout):
+                await conn.connect()
             self._conn = conn
         return self._conn
 
@@ -120,8 +158,9 @@ class CommitPipe:
             # those again, in their order. All of a batch miss it together, so
             # none of them ran.
             conn = await self._connection()
-            await conn.send_command("SCRIPT", "LOAD", self._script, check_health=False)
-            await conn.read_response()
+            async with asyncio.timeout(self._timeout):
+                await conn.send_command("SCRIPT", "LOAD", self._script, check_health=False)
+                await conn.read_response(timeout=math.inf)
             again = await self._round_trip([argsets[i] for i in missing])
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
@@ -130,12 +169,13 @@ class CommitPipe:
     async def _round_trip(self, argsets: list[tuple[Any, ...]]) -> list[Any]:
         conn = await self._connection()
         prefix = self._evalsha
-        await conn.send_packed_command(
-            b"".join([_pack(prefix, args) for args in argsets]), check_health=False
-        )
         replies: list[Any] = []
-        # One deadline for the batch's replies, not one timeout context per reply.
-        async with asyncio.timeout(conn.socket_timeout):
+        # One deadline for the write and all the replies (asyncio's TimeoutError is
+        # an OSError: the caller treats it as Redis not answering).
+        async with asyncio.timeout(self._timeout):
+            await conn.send_packed_command(
+                b"".join([_pack(prefix, args) for args in argsets]), check_health=False
+            )
             for _ in argsets:
                 try:
                     replies.append(await conn.read_response(timeout=math.inf))
