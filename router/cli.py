@@ -96,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
+        args, extra = parser.parse_known_args(None if argv is None else list(argv))
+        if extra:
+            if not getattr(args, "passthrough", False):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            # A command that hands its arguments to another program (bench).
+            args.rest = [*args.rest, *extra]
     except SystemExit as stop:
         return _exit_code(stop.code)
     handler: Handler = args.handler
@@ -209,6 +214,43 @@ def _schema(args: argparse.Namespace) -> int:
         document = _SCHEMAS[which]()
     print(json.dumps(document, indent=2))
     return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@command("bench")
+def _register_bench(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run the benchmark suite (python -m benchmarks; from a source checkout)",
+        description="Run benchmarks/ (python -m benchmarks) with the arguments given; "
+        "'agent-router bench --help' lists them.",
+        add_help=False,
+    )
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(handler=_bench, passthrough=True)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # The suite lives in the repository (benchmarks/), not in the installed package:
+    # found when run from the repository root.
+    if os.path.isfile(os.path.join("benchmarks", "__main__.py")) and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        bench = importlib.import_module("benchmarks.__main__")
+    except ImportError:
+        print(
+            "agent-router bench: the benchmark suite (benchmarks/) is part of a source "
+            "checkout, not of the installed package; run it from the repository root",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        status: int = bench.main(list(args.rest))
+    except SystemExit as stop:  # its --help, or a usage error
+        return _exit_code(stop.code)
+    return status
 
 
 if __name__ == "__main__":

@@ -255,3 +255,41 @@ def test_the_command_line_as_a_process(argv: list[str]) -> None:
     helped = _run_process(argv, "--help")
     assert helped.returncode == 0
     assert "ids" in helped.stdout and "schema" in helped.stdout
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_hands_its_arguments_to_the_suite(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    code, out, _ = run(capsys, "bench", "--help")
+    assert code == 0
+    assert "--quick" in out and "--scenarios" in out and "--redis" in out
+    code, _, err = run(capsys, "bench", "--scenarios")  # the suite's own usage error
+    assert code == 2 and "--scenarios" in err
+
+
+def test_bench_outside_a_source_checkout_says_where_to_run_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(
+        cli.importlib, "import_module", _refuse("benchmarks.__main__", cli.importlib.import_module)
+    )
+    code, out, err = run(capsys, "bench", "--quick")
+    assert code == 2 and out == ""
+    assert "source checkout" in err and "repository root" in err
+
+
+def _refuse(name: str, real: Any) -> Any:
+    def import_module(module: str, *args: Any) -> Any:
+        if module == name:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(module, *args)
+
+    return import_module
