@@ -105,7 +105,8 @@ class Connection:
         self._high_water = max(1, outbox_size // 2)
         self._on_close = on_close
         self._canceller: Callable[[], None] | None = None
-        self._wakeup: asyncio.Event | None = None
+        #: the writer's wait for frames (a bare future: cheaper than an Event)
+        self._wakeup: asyncio.Future[None] | None = None
 
     def _move(self, new: ConnectionState) -> None:
         allowed = _TRANSITIONS[self.state]
@@ -177,10 +178,11 @@ class Connection:
         self.last_sent.clear()
 
     def _wake(self) -> None:
-        event = self._wakeup
-        if event is not None:
+        waiter = self._wakeup
+        if waiter is not None:
             self._wakeup = None
-            event.set()
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def next_batch(self) -> deque[str] | None:
         """Wait for queued frames and take them, in order: the writer's loop. None
@@ -212,8 +214,11 @@ class Connection:
                 looked = False
                 # Nothing awaited since the queue was found empty: no frame can have
                 # been queued in between, so no wake-up is missed.
-                event = self._wakeup = asyncio.Event()
-                await event.wait()
+                waiter = self._wakeup = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._wakeup = None
             else:
                 looked = True
                 await asyncio.sleep(0)
