@@ -63,6 +63,7 @@ class Connection:
         "_on_close",
         "_queue",
         "_room",
+        "_trickle",
         "_wakeup",
         "close_code",
         "close_reason",
@@ -107,6 +108,8 @@ class Connection:
         self._canceller: Callable[[], None] | None = None
         #: the writer's wait for frames (a bare future: cheaper than an Event)
         self._wakeup: asyncio.Future[None] | None = None
+        #: the writer's last batch was a single frame
+        self._trickle = False
 
     def _move(self, new: ConnectionState) -> None:
         allowed = _TRANSITIONS[self.state]
@@ -194,7 +197,9 @@ class Connection:
         the outbox meanwhile), then sleeps on one Event that the next queued frame
         sets: one wake-up per batch rather than per frame.
         """
-        looked = False
+        # Frames trickling in one at a time (a paced stream): the extra pass would
+        # find nothing, so wait at once.
+        looked = self._trickle
         while True:
             queue = self._queue
             if queue:
@@ -207,6 +212,7 @@ class Connection:
                 if room is not None:
                     self._room = None
                     room.set()
+                self._trickle = len(batch) == 1
                 return batch
             if not self._accepting:
                 return None
