@@ -121,13 +121,29 @@ class AgentWebSocketBridge:
         )
 
     # ------------------------------------------------------------------ compatible API
+    #
+    # The thread comes from the run id and the user from the thread's owner. Code that
+    # also holds the thread id it believes the run belongs to may pass it as the
+    # keyword ``thread_id``: the router then checks the pair, and a run id that embeds
+    # another thread is refused as ``thread_mismatch`` (dead-lettered, sent to nobody).
 
     async def notify_agent_started(
-        self, run_id: str, agent_name: str, context: Any = None
+        self,
+        run_id: str,
+        agent_name: str,
+        context: Any = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``agent_started`` for an existing run id."""
         return await self.publish(
-            build_event("agent_started", run_id, agent_name, {"context": to_jsonable(context)})
+            build_event(
+                "agent_started",
+                run_id,
+                agent_name,
+                {"context": to_jsonable(context)},
+                thread_id=thread_id,
+            )
         )
 
     async def notify_agent_thinking(
@@ -137,6 +153,8 @@ class AgentWebSocketBridge:
         reasoning: str,
         step_number: int | None = None,
         progress_percentage: float | None = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``agent_thinking``."""
         payload = {
@@ -144,7 +162,9 @@ class AgentWebSocketBridge:
             "step_number": step_number,
             "progress_percentage": progress_percentage,
         }
-        return await self.publish(build_event("agent_thinking", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("agent_thinking", run_id, agent_name, payload, thread_id=thread_id)
+        )
 
     async def notify_tool_executing(
         self,
@@ -154,6 +174,7 @@ class AgentWebSocketBridge:
         parameters: Any = None,
         *,
         tool_call_id: str | None = None,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``tool_executing``. Give a ``tool_call_id`` (and the same one to
         :meth:`notify_tool_completed`) when one tool may run several times at once."""
@@ -162,7 +183,9 @@ class AgentWebSocketBridge:
             "tool_call_id": tool_call_id,
             "parameters": to_jsonable(parameters),
         }
-        return await self.publish(build_event("tool_executing", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("tool_executing", run_id, agent_name, payload, thread_id=thread_id)
+        )
 
     async def notify_tool_completed(
         self,
@@ -174,6 +197,7 @@ class AgentWebSocketBridge:
         *,
         success: bool | None = None,
         tool_call_id: str | None = None,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``tool_completed``; it needs an open ``tool_executing`` of the tool."""
         payload = {
@@ -183,7 +207,9 @@ class AgentWebSocketBridge:
             "execution_time_ms": execution_time_ms,
             "success": success,
         }
-        return await self.publish(build_event("tool_completed", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("tool_completed", run_id, agent_name, payload, thread_id=thread_id)
+        )
 
     async def notify_agent_completed(
         self,
@@ -191,10 +217,14 @@ class AgentWebSocketBridge:
         agent_name: str,
         result: Any = None,
         execution_time_ms: float | None = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``agent_completed``; nothing of the run may follow it."""
         payload = {"result": to_jsonable(result), "execution_time_ms": execution_time_ms}
-        return await self.publish(build_event("agent_completed", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("agent_completed", run_id, agent_name, payload, thread_id=thread_id)
+        )
 
     async def notify_agent_error(
         self,
@@ -202,21 +232,40 @@ class AgentWebSocketBridge:
         agent_name: str,
         error: str | BaseException,
         error_context: Any = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``agent_error``. An exception is written as ``"Type: message"``."""
         payload = {"error": error_text(error), "error_context": to_jsonable(error_context)}
-        return await self.publish(build_event("agent_error", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("agent_error", run_id, agent_name, payload, thread_id=thread_id)
+        )
 
     async def notify_progress_update(
-        self, run_id: str, agent_name: str, progress: Any
+        self,
+        run_id: str,
+        agent_name: str,
+        progress: Any,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish ``progress_update``; ``progress`` must be a mapping (a JSON object)."""
         payload = {"progress": to_jsonable(progress)}
-        return await self.publish(build_event("progress_update", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("progress_update", run_id, agent_name, payload, thread_id=thread_id)
+        )
 
     async def notify_custom(
-        self, run_id: str, agent_name: str, notification_type: str, data: Any = None
+        self,
+        run_id: str,
+        agent_name: str,
+        notification_type: str,
+        data: Any = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         """Publish a ``custom`` event of the given ``notification_type``."""
         payload = {"notification_type": notification_type, "data": to_jsonable(data)}
-        return await self.publish(build_event("custom", run_id, agent_name, payload))
+        return await self.publish(
+            build_event("custom", run_id, agent_name, payload, thread_id=thread_id)
+        )

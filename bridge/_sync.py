@@ -67,11 +67,18 @@ class SyncBridge:
         return self._bridge._portal.call(func, contextlib.nullcontext(), "bridge.sync.start_run")
 
     def notify_agent_started(
-        self, run_id: str, agent_name: str, context: Any = None
+        self,
+        run_id: str,
+        agent_name: str,
+        context: Any = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
-            partial(self._bridge.notify_agent_started, run_id, agent_name, context),
+            partial(
+                self._bridge.notify_agent_started, run_id, agent_name, context, thread_id=thread_id
+            ),
             "notify_agent_started",
         )
 
@@ -82,6 +89,8 @@ class SyncBridge:
         reasoning: str,
         step_number: int | None = None,
         progress_percentage: float | None = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
@@ -92,6 +101,7 @@ class SyncBridge:
                 reasoning,
                 step_number,
                 progress_percentage,
+                thread_id=thread_id,
             ),
             "notify_agent_thinking",
         )
@@ -104,6 +114,7 @@ class SyncBridge:
         parameters: Any = None,
         *,
         tool_call_id: str | None = None,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
@@ -114,6 +125,7 @@ class SyncBridge:
                 agent_name,
                 parameters,
                 tool_call_id=tool_call_id,
+                thread_id=thread_id,
             ),
             "notify_tool_executing",
         )
@@ -128,6 +140,7 @@ class SyncBridge:
         *,
         success: bool | None = None,
         tool_call_id: str | None = None,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
@@ -140,6 +153,7 @@ class SyncBridge:
                 execution_time_ms,
                 success=success,
                 tool_call_id=tool_call_id,
+                thread_id=thread_id,
             ),
             "notify_tool_completed",
         )
@@ -150,11 +164,18 @@ class SyncBridge:
         agent_name: str,
         result: Any = None,
         execution_time_ms: float | None = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
             partial(
-                self._bridge.notify_agent_completed, run_id, agent_name, result, execution_time_ms
+                self._bridge.notify_agent_completed,
+                run_id,
+                agent_name,
+                result,
+                execution_time_ms,
+                thread_id=thread_id,
             ),
             "notify_agent_completed",
         )
@@ -165,26 +186,61 @@ class SyncBridge:
         agent_name: str,
         error: str | BaseException,
         error_context: Any = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
-            partial(self._bridge.notify_agent_error, run_id, agent_name, error, error_context),
+            partial(
+                self._bridge.notify_agent_error,
+                run_id,
+                agent_name,
+                error,
+                error_context,
+                thread_id=thread_id,
+            ),
             "notify_agent_error",
         )
 
-    def notify_progress_update(self, run_id: str, agent_name: str, progress: Any) -> PublishResult:
+    def notify_progress_update(
+        self,
+        run_id: str,
+        agent_name: str,
+        progress: Any,
+        *,
+        thread_id: str | None = None,
+    ) -> PublishResult:
         return self._call(
             run_id,
-            partial(self._bridge.notify_progress_update, run_id, agent_name, progress),
+            partial(
+                self._bridge.notify_progress_update,
+                run_id,
+                agent_name,
+                progress,
+                thread_id=thread_id,
+            ),
             "notify_progress_update",
         )
 
     def notify_custom(
-        self, run_id: str, agent_name: str, notification_type: str, data: Any = None
+        self,
+        run_id: str,
+        agent_name: str,
+        notification_type: str,
+        data: Any = None,
+        *,
+        thread_id: str | None = None,
     ) -> PublishResult:
         return self._call(
             run_id,
-            partial(self._bridge.notify_custom, run_id, agent_name, notification_type, data),
+            partial(
+                self._bridge.notify_custom,
+                run_id,
+                agent_name,
+                notification_type,
+                data,
+                thread_id=thread_id,
+            ),
             "notify_custom",
         )
 

@@ -171,9 +171,16 @@ class EventRouter:
             backend = open_backend(backend, **options)
         self.backend: Backend = backend
         if isinstance(dead_letters, str):
-            dead_letters = open_dead_letter_store(
-                dead_letters, max_records=dead_letter_max_records, max_age=dead_letter_max_age
-            )
+            store_options: dict[str, Any] = {
+                "max_records": dead_letter_max_records,
+                "max_age": dead_letter_max_age,
+            }
+            prefix = (backend_options or {}).get("prefix")
+            if prefix is not None and dead_letters.startswith(_REDIS_SCHEMES):
+                # Dead letters on Redis live under the backend's key prefix too, so
+                # deployments sharing one Redis keep their records apart.
+                store_options["prefix"] = prefix
+            dead_letters = open_dead_letter_store(dead_letters, **store_options)
         self.dead_letters: DeadLetterStore = dead_letters
         self._spool_store_spec = spool_dead_letters
         self.spool_dead_letters: DeadLetterStore | None = None
@@ -831,6 +838,9 @@ class EventRouter:
 
 #: How many run ids ``_read_ids`` remembers the thread of (then it starts afresh).
 _RUN_THREADS_SIZE = 65536
+
+#: URL schemes of a Redis dead-letter store.
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 #: Accepted events per generation of the lookup map (two generations are kept).
 _RECENT_EVENTS = 20_000

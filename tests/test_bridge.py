@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio import to_thread
 from websockets.asyncio.client import ClientConnection
 
 import bridge as bridge_package
@@ -509,6 +510,36 @@ async def test_notify_with_bad_run_ids_is_dead_lettered_and_reaches_nobody(
         marker = await sentinel(bridge, router, "alice")
         frame = await recv_json(alice)
         assert frame["run_id"] == marker.run_id
+        await alice.close()
+
+
+async def test_notify_with_a_run_id_that_embeds_another_thread_is_a_thread_mismatch(
+    router: EventRouter, bridge: AgentWebSocketBridge
+) -> None:
+    async with serve(router) as server:
+        alice = await connect(server, "alice")
+        mine = await thread_of(router, "alice")
+        other = await thread_of(router, "alice")
+        # Legacy code holding both ids: its run id was minted for another thread.
+        run_id = new_run_id(other)
+        started = await bridge.notify_agent_started(run_id, "a", thread_id=mine)
+        thinking = await bridge.notify_agent_thinking(run_id, "a", "x", thread_id=mine)
+        custom = await to_thread.run_sync(
+            lambda: bridge.sync.notify_custom(run_id, "a", "note", {"n": 1}, thread_id=mine)
+        )
+        for result in (started, thinking, custom):
+            assert not result and result.reason == "thread_mismatch" and result.seq is None
+            record = await router.dead_letters.get(result.dead_letter_id or "")
+            assert record is not None and record.reason == "thread_mismatch"
+            assert run_id in record.detail and mine in record.detail
+        assert router.stats.rejected == {"thread_mismatch": 3}
+        # The same call naming the right thread goes through.
+        assert await bridge.notify_agent_started(run_id, "a", thread_id=other)
+        frame = await recv_json(alice)
+        assert frame["type"] == "agent_started" and frame["thread_id"] == other
+        marker = await sentinel(bridge, router, "alice")
+        frame = await recv_json(alice)
+        assert frame["run_id"] == marker.run_id  # nothing rejected came before
         await alice.close()
 
 

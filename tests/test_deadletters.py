@@ -1,4 +1,4 @@
-"""Dead-letter stores: the memory and SQLite stores behave the same (DESIGN §7)."""
+"""Dead-letter stores: the memory, SQLite and Redis stores behave the same (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from router.deadletters import (
     sqlite_path,
 )
 from router.ids import dead_letter_id_floor, dead_letter_id_time, new_dead_letter_id
+
+from .conftest import need
+from .redis_support import SHARED_URL, cleanup, redis_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 # A fixed moment in the past, far from "now", for records with chosen timestamps.
@@ -71,17 +74,23 @@ async def all_ids(store: DeadLetterStore, where: DeadLetterFilter | None = None)
     return [record.id for record in page.items]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens stores of the parametrised kind (one file per test) and closes them after."""
+    """Opens stores of the parametrised kind (one file, or one Redis key prefix, per
+    test) and closes them after."""
     opened: list[DeadLetterStore] = []
+    redis_prefix = f"test:{new_dead_letter_id()[-12:]}:"
+    if request.param == "redis":
+        need(redis_reachable(), "no Redis server on 127.0.0.1:6379")
 
     async def make(**options: Any) -> DeadLetterStore:
         store: DeadLetterStore
         if request.param == "memory":
             store = MemoryDeadLetterStore(**options)
-        else:
+        elif request.param == "sqlite":
             store = SQLiteDeadLetterStore(f"sqlite:///{tmp_path / 'dead.db'}", **options)
+        else:
+            store = open_dead_letter_store(SHARED_URL, prefix=redis_prefix, **options)
         await store.open()
         opened.append(store)
         return store
@@ -89,6 +98,8 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     yield make
     for store in opened:
         await store.close()
+    if request.param == "redis":
+        cleanup(SHARED_URL, redis_prefix)
 
 
 @pytest.fixture

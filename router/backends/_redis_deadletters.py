@@ -2,7 +2,9 @@
 
 Layout under the prefix: ``dl:rec`` (hash: id -> record JSON), ``dl:ids`` (sorted
 set, all scores 0, so members sort by id, which sorts by time) and ``dl:counts``
-(hash: reason -> count). Every change is one MULTI transaction.
+(hash: reason -> count). Every change is one Lua script, so concurrent writers in
+any number of processes keep the three in agreement; an add applies retention in
+the same script, oldest first.
 """
 
 from __future__ import annotations
@@ -31,6 +33,62 @@ _ERRORS = (RedisError, OSError)
 _EVERYTHING = DeadLetterFilter()
 _SCAN = 500
 
+# KEYS: rec, ids, counts. Removes each id in ARGV that exists; returns how many.
+_REMOVE_BODY = r"""
+local function remove(id)
+  local text = redis.call('HGET', KEYS[1], id)
+  if not text then return 0 end
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HINCRBY', KEYS[3], cjson.decode(text)['reason'], -1)
+  return 1
+end
+"""
+
+_REMOVE = _REMOVE_BODY + r"""
+local removed = 0
+for i = 1, #ARGV do removed = removed + remove(ARGV[i]) end
+return removed
+"""
+
+# ARGV: id, record JSON, reason, max_records ('' for none), age floor id ('' for none).
+# Adds (or replaces) the record, then drops what retention says, oldest first;
+# returns how many retention dropped.
+_ADD = _REMOVE_BODY + r"""
+local id = ARGV[1]
+local old = redis.call('HGET', KEYS[1], id)
+if old then redis.call('HINCRBY', KEYS[3], cjson.decode(old)['reason'], -1) end
+redis.call('HSET', KEYS[1], id, ARGV[2])
+redis.call('ZADD', KEYS[2], 0, id)
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+local dropped = 0
+if ARGV[5] ~= '' then
+  local stale = redis.call('ZRANGEBYLEX', KEYS[2], '-', '(' .. ARGV[5])
+  for i = 1, #stale do dropped = dropped + remove(stale[i]) end
+end
+if ARGV[4] ~= '' then
+  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
+    for i = 1, #oldest do dropped = dropped + remove(oldest[i]) end
+  end
+end
+return dropped
+"""
+
+# ARGV: id, record JSON, reason. Replaces an existing record (a no-op when it is gone).
+_UPDATE = r"""
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local was = cjson.decode(old)['reason']
+if was ~= ARGV[3] then
+  redis.call('HINCRBY', KEYS[3], was, -1)
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+end
+return 1
+"""
+
 
 class RedisDeadLetterStore:
     """A :class:`~router.deadletters.DeadLetterStore` on Redis."""
@@ -49,10 +107,13 @@ class RedisDeadLetterStore:
         self.max_age = max_age
         self.retention_removed = 0
         self._redis: Any = None
-        self._adds = 0
         self._rec = prefix + "dl:rec"
         self._ids = prefix + "dl:ids"
         self._counts = prefix + "dl:counts"
+        self._keys = [self._rec, self._ids, self._counts]
+        self._add: Any = None
+        self._remove_script: Any = None
+        self._update: Any = None
 
     @property
     def redis(self) -> Any:
@@ -69,6 +130,9 @@ class RedisDeadLetterStore:
                 socket_connect_timeout=2.0,
                 retry=Retry(NoBackoff(), 0),
             )
+            self._add = self._redis.register_script(_ADD)
+            self._remove_script = self._redis.register_script(_REMOVE)
+            self._update = self._redis.register_script(_UPDATE)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -76,48 +140,29 @@ class RedisDeadLetterStore:
             self._redis = None
 
     async def add(self, record: DeadLetterRecord) -> None:
+        max_age_floor = ""
+        if self.max_age is not None:
+            max_age_floor = dead_letter_id_floor(time.time() - self.max_age)
+        max_records = "" if self.max_records is None else str(max(0, self.max_records))
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._rec, record.id, json.dumps(record.to_dict()))
-                pipe.zadd(self._ids, {record.id: 0})
-                pipe.hincrby(self._counts, record.reason, 1)
-                await pipe.execute()
+            dropped = await self._add(
+                keys=self._keys,
+                args=[
+                    record.id,
+                    json.dumps(record.to_dict()),
+                    record.reason,
+                    max_records,
+                    max_age_floor,
+                ],
+            )
         except _ERRORS as exc:
             raise BackendDown(f"dead-letter store unreachable: {exc}") from exc
-        self._adds += 1
-        if self._adds % 100 == 1:
-            try:
-                await self._retain()
-            except _ERRORS as exc:
-                raise BackendDown(f"dead-letter retention failed: {exc}") from exc
-
-    async def _retain(self) -> None:
-        doomed: list[str] = []
-        if self.max_age is not None:
-            floor = dead_letter_id_floor(time.time() - self.max_age)
-            doomed += await self.redis.zrangebylex(self._ids, "-", "(" + floor)
-        if self.max_records is not None:
-            excess = await self.redis.zcard(self._ids) - len(doomed) - self.max_records
-            if excess > 0:
-                doomed += await self.redis.zrange(self._ids, len(doomed), len(doomed) + excess - 1)
-        for start in range(0, len(doomed), _SCAN):
-            self.retention_removed += await self._remove(doomed[start : start + _SCAN])
+        self.retention_removed += int(dropped)
 
     async def _remove(self, ids: list[str]) -> int:
         if not ids:
             return 0
-        raw = await self.redis.hmget(self._rec, ids)
-        removed = 0
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for record_id, text in zip(ids, raw, strict=True):
-                if text is None:
-                    continue
-                removed += 1
-                pipe.hdel(self._rec, record_id)
-                pipe.zrem(self._ids, record_id)
-                pipe.hincrby(self._counts, json.loads(text)["reason"], -1)
-            await pipe.execute()
-        return removed
+        return int(await self._remove_script(keys=self._keys, args=ids))
 
     async def get(self, record_id: str) -> DeadLetterRecord | None:
         try:
@@ -128,16 +173,10 @@ class RedisDeadLetterStore:
 
     async def update(self, record: DeadLetterRecord) -> None:
         try:
-            old = await self.redis.hget(self._rec, record.id)
-            if old is None:
-                return
-            old_reason = json.loads(old)["reason"]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._rec, record.id, json.dumps(record.to_dict()))
-                if old_reason != record.reason:
-                    pipe.hincrby(self._counts, old_reason, -1)
-                    pipe.hincrby(self._counts, record.reason, 1)
-                await pipe.execute()
+            await self._update(
+                keys=self._keys,
+                args=[record.id, json.dumps(record.to_dict()), record.reason],
+            )
         except _ERRORS as exc:
             raise BackendDown(str(exc)) from exc
 
