@@ -67,6 +67,11 @@ async def _work(args: argparse.Namespace, plan: dict[str, Any]) -> None:
     async with router:
         for thread_id, user_id in plan.get("threads", []):
             await router.threads.create(thread_id, user_id)
+        # Race other processes for threads: each claim answers the owner that won.
+        owners = [
+            await router.threads.store.claim(thread_id, user_id)
+            for thread_id, user_id in plan.get("claims", [])
+        ]
         print("STARTED", flush=True)
         if plan.get("wait_for_go"):
             sys.stdin.readline()
@@ -81,7 +86,11 @@ async def _work(args: argparse.Namespace, plan: dict[str, Any]) -> None:
                     "spooled": result.spooled,
                 }
             )
-        print("DONE " + json.dumps({"stats": router.snapshot(), "results": results}), flush=True)
+        print(
+            "DONE "
+            + json.dumps({"stats": router.snapshot(), "results": results, "owners": owners}),
+            flush=True,
+        )
 
 
 def main() -> None:

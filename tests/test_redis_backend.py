@@ -65,7 +65,12 @@ async def server_node(backend: str, prefix: str, *extra: str) -> AsyncIterator[N
 
 
 async def run_worker(
-    backend: str, prefix: str, plan: dict[str, Any], tmp_path: Path, name: str = "plan"
+    backend: str,
+    prefix: str,
+    plan: dict[str, Any],
+    tmp_path: Path,
+    name: str = "plan",
+    dead_letters: str = "memory://",
 ) -> dict[str, Any]:
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(plan))
@@ -78,6 +83,8 @@ async def run_worker(
         backend,
         "--prefix",
         prefix,
+        "--dead-letters",
+        dead_letters,
         "--plan",
         str(path),
         cwd=ROOT,
@@ -237,23 +244,19 @@ async def test_ownership_lifecycle_and_seq_agree_under_concurrent_publishing(
                     "payload": {"reasoning": str(n)},
                 }
             )
-    # Both workers race to own every thread (as different users) and to start every run.
-    plan_a = {"threads": [], "events": shared}
-    plan_b = {"threads": [], "events": list(reversed(shared))}
-    claims = EventRouter(
-        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
-    )
-    async with claims:
-        owners = await asyncio.gather(
-            *(claims.threads.store.claim(t, "ann") for t in threads),  # type: ignore[arg-type]
-            *(claims.threads.store.claim(t, "ben") for t in threads),  # type: ignore[arg-type]
-        )
-    assert all(owner in ("ann", "ben") for owner in owners)
-    assert owners[: len(threads)] == owners[len(threads) :]
+    # Two worker processes race to own every thread (as different users, in opposite
+    # orders) and to start every run; their rejections go to the shared Redis store.
+    plan_a = {"claims": [[t, "ann"] for t in threads], "events": shared}
+    plan_b = {"claims": [[t, "ben"] for t in reversed(threads)], "events": shared[::-1]}
     a, b = await asyncio.gather(
-        run_worker(redis_url, prefix, plan_a, tmp_path, "a"),
-        run_worker(redis_url, prefix, plan_b, tmp_path, "b"),
+        run_worker(redis_url, prefix, plan_a, tmp_path, "a", dead_letters=redis_url),
+        run_worker(redis_url, prefix, plan_b, tmp_path, "b", dead_letters=redis_url),
     )
+    # One owner per thread, whichever process asked: both saw the same winner.
+    owners_a = dict(zip(threads, a["owners"], strict=True))
+    owners_b = dict(zip(reversed(threads), b["owners"], strict=True))
+    assert owners_a == owners_b
+    assert set(owners_a.values()) <= {"ann", "ben"}
     seqs: dict[str, list[int]] = {}
     for outcome, plan in ((a, plan_a), (b, plan_b)):
         for result, event in zip(outcome["results"], plan["events"], strict=True):
@@ -265,7 +268,7 @@ async def test_ownership_lifecycle_and_seq_agree_under_concurrent_publishing(
             accepted = sorted(seqs.get(runs[thread], []))
             assert accepted == list(range(1, len(accepted) + 1)), "duplicate or missing seq"
             assert int(await client.hget(prefix + "seq", thread)) == len(accepted)
-            assert await client.hget(prefix + "threads", thread) in ("ann", "ben")
+            assert await client.hget(prefix + "threads", thread) == owners_a[thread]
         total_started = sum(
             1
             for outcome, plan in ((a, plan_a), (b, plan_b))
@@ -273,10 +276,19 @@ async def test_ownership_lifecycle_and_seq_agree_under_concurrent_publishing(
             if r["accepted"] and e["type"] == "agent_started"
         )
         assert total_started == len(threads)  # every run started exactly once
+        rejected = 0
         for outcome in (a, b):
             stats = outcome["stats"]
             assert stats["published"] == stats["accepted"] + sum(stats["rejected"].values())
             assert set(stats["rejected"]) <= {"lifecycle_violation"}
+            rejected += sum(stats["rejected"].values())
+        # Every rejection of both processes is one record in the shared store, under
+        # the backend's key prefix.
+        counts = await client.hgetall(prefix + "dl:counts")
+        assert {k: int(v) for k, v in counts.items() if int(v)} == (
+            {"lifecycle_violation": rejected} if rejected else {}
+        )
+        assert await client.zcard(prefix + "dl:ids") == rejected
     finally:
         await client.aclose()
 
@@ -340,7 +352,9 @@ async def test_redis_killed_mid_stream_loses_nothing(
         backend_options=options,
     )
     web = EventRouter(backend=url, dead_letters="memory://", backend_options=options)
-    async with agent, web:
+    from .conftest import serve, ws_connect
+
+    async with agent, serve(web) as server:
         thread = new_thread_id("outage")
         await agent.threads.create(thread, "alice")
         conn = web.connect("alice", "c1")
@@ -387,6 +401,22 @@ async def test_redis_killed_mid_stream_loses_nothing(
         assert stats["published"] == stats["accepted"] + sum(stats["rejected"].values())
         epochs = web.backend.stats()["epoch_changes"] + agent.backend.stats()["epoch_changes"]
         assert epochs >= 1
+        # The client resumes over a real WebSocket from the last seq it had: the old
+        # history is gone, so it is told (a gap frame that resets the thread's seqs)
+        # and then gets the new epoch's events.
+        last = max(received.values())
+        await agent.threads.create(thread, "alice")
+        fresh = run_events(thread, 3)
+        for event in fresh:
+            assert await agent.publish(event)
+        ws = await ws_connect(server, "alice", f"thread_id={thread}&after_seq={last}")
+        try:
+            frames = await recv_until(ws, lambda f: f.get("seq") == 3 and "type" in f)
+            gap = next(f for f in frames if f.get("op") == "gap")
+            assert gap["thread_id"] == thread and gap["reset"] is True
+            assert [f["seq"] for f in frames if "type" in f] == [1, 2, 3]
+        finally:
+            await ws.close()
 
 
 @pytest.mark.timeout(120)

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ..deadletters import (
@@ -128,7 +129,9 @@ class RedisDeadLetterStore:
                 decode_responses=True,
                 socket_timeout=5.0,
                 socket_connect_timeout=2.0,
-                retry=Retry(NoBackoff(), 0),
+                # One retry on a connection error (a stale pooled connection after
+                # Redis restarted); every script here is idempotent.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
             self._add = self._redis.register_script(_ADD)
             self._remove_script = self._redis.register_script(_REMOVE)

@@ -36,6 +36,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .._tasks import Services
@@ -122,8 +123,11 @@ _TOOL_EVENTS = frozenset({"tool_executing", "tool_completed"})
 def _client(url: str, *, max_connections: int = 64, **options: Any) -> Any:
     options.setdefault("socket_timeout", 5.0)
     options.setdefault("socket_connect_timeout", 2.0)
-    # We handle failures ourselves (spool, resubscribe, heal): no silent retries.
-    options.setdefault("retry", Retry(NoBackoff(), 0))
+    # Outages are handled here (spool, resubscribe, heal), so no retrying through
+    # them; but one retry on a connection error, at once: after Redis restarted, each
+    # pooled connection fails its first command. Every command sent through these
+    # clients is idempotent (commits go through the commit pipe, which never retries).
+    options.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     options.setdefault("decode_responses", True)
     # Concurrent publishers wait for a free connection instead of failing.
     pool = aioredis.BlockingConnectionPool.from_url(
