@@ -186,4 +186,6 @@ if __name__ == "__main__":
     import uvicorn
 
     logging.basicConfig(level=logging.INFO)
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    from router.serving import uvicorn_settings
+
+    uvicorn.run(app, host="127.0.0.1", port=8000, **uvicorn_settings())

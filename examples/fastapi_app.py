@@ -160,4 +160,6 @@ app = create_app()
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    from router.serving import uvicorn_settings
+
+    uvicorn.run(app, host="127.0.0.1", port=8000, **uvicorn_settings())

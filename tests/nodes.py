@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
 
+from bridge import AgentWebSocketBridge
 from router import EventRouter, EventRouterMiddleware
 from router.serving import uvicorn_settings
 
@@ -75,8 +76,9 @@ async def _work(args: argparse.Namespace, plan: dict[str, Any]) -> None:
         print("STARTED", flush=True)
         if plan.get("wait_for_go"):
             sys.stdin.readline()
+        runs = [await _bridge_run(router, spec) for spec in plan.get("bridge_runs", [])]
         results = []
-        for event in plan["events"]:
+        for event in plan.get("events", []):
             result = await router.publish(event)
             results.append(
                 {
@@ -88,9 +90,24 @@ async def _work(args: argparse.Namespace, plan: dict[str, Any]) -> None:
             )
         print(
             "DONE "
-            + json.dumps({"stats": router.snapshot(), "results": results, "owners": owners}),
+            + json.dumps(
+                {"stats": router.snapshot(), "results": results, "owners": owners, "runs": runs}
+            ),
             flush=True,
         )
+
+
+async def _bridge_run(router: EventRouter, spec: dict[str, Any]) -> str:
+    """An agent using the bridge in this process: a run with a thought and a tool."""
+    bridge = AgentWebSocketBridge(router)
+    async with bridge.run(
+        thread_id=spec["thread_id"], user_id=spec["user_id"], agent_name="worker"
+    ) as run:
+        await run.thinking("looking it up", step_number=1)
+        async with run.tool("search", {"q": spec["query"]}) as call:
+            call.result = {"hits": 3}
+        run.result = {"answer": spec["query"].upper()}
+    return run.run_id
 
 
 def main() -> None:

@@ -226,6 +226,39 @@ async def test_resume_on_another_server_gets_exactly_the_missing_events(
 
 
 @pytest.mark.timeout(120)
+async def test_bridge_in_a_worker_process_reaches_the_browser_through_another_server(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    # The agent runs in its own process with a publish-only router (no connections)
+    # and the bridge; the browser is connected to a server process.
+    thread = new_thread_id("bridged")
+    plan = {"bridge_runs": [{"thread_id": thread, "user_id": "alice", "query": "q"}]}
+    async with server_node(redis_url, prefix) as web:
+        ws = await connect_user(web, "alice")
+        try:
+            outcome = await run_worker(redis_url, prefix, plan, tmp_path, "bridge")
+            frames = await collect(ws, 5)
+        finally:
+            await ws.close()
+    (run_id,) = outcome["runs"]
+    assert [f["type"] for f in frames] == [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    ]
+    assert [f["seq"] for f in frames] == [1, 2, 3, 4, 5]
+    assert {f["run_id"] for f in frames} == {run_id}
+    assert {f["thread_id"] for f in frames} == {thread}
+    assert {f["agent_name"] for f in frames} == {"worker"}
+    assert frames[3]["payload"]["result"] == {"hits": 3}
+    assert frames[3]["payload"]["success"] is True
+    assert frames[4]["payload"]["result"] == {"answer": "Q"}
+    assert outcome["stats"]["accepted"] == 5 and outcome["stats"]["connections"] == 0
+
+
+@pytest.mark.timeout(120)
 async def test_ownership_lifecycle_and_seq_agree_under_concurrent_publishing(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
