@@ -58,12 +58,12 @@ local run = KEYS[3]
 local key_prefix = string.sub(KEYS[1], 1, -4)
 local run_name = "'" .. string.sub(run, #key_prefix + 3) .. "'"
 local etype = ARGV[2]
-local fin = redis.call('HGET', run, 'f')
+local state = redis.call('HMGET', run, 'f', 's')
+local fin, started = state[1], state[2]
 if fin then
   return {0, 'run ' .. run_name .. ' already ended with ' .. fin ..
     '; no ' .. etype .. ' may follow'}
 end
-local started = redis.call('HGET', run, 's')
 if etype == 'agent_started' then
   if started then return {0, 'run ' .. run_name .. ' has already started'} end
   redis.call('HSET', run, 's', '1')
@@ -108,8 +108,10 @@ local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', __HISTORY_SIZE__, seq .. '-1', 'f', frame, 't', ms)
 redis.call('EXPIRE', KEYS[2], __HISTORY_TTL__)
-redis.call('ZADD', KEYS[4], ms, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms - __HISTORY_TTL__ * 1000)
+if redis.call('ZADD', KEYS[4], ms, ARGV[1]) == 1 then
+  -- A thread new to the index: drop those quiet for longer than history lasts.
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms - __HISTORY_TTL__ * 1000)
+end
 redis.call('EXPIRE', KEYS[4], __HISTORY_TTL__)
 local channel = key_prefix .. 'u:' .. string.sub(KEYS[4], #key_prefix + 4)
 local listeners = redis.call('PUBLISH', channel, seq .. ' ' .. ARGV[1] .. ' ' .. frame)
