@@ -197,6 +197,8 @@ class EventRouter:
         self.max_payload_bytes = max_payload_bytes
         self.dead_letter_no_recipient = dead_letter_no_recipient
         self._running = False
+        #: publishes since the last one that let other tasks run
+        self._unyielded = 0
         self._run_threads: dict[str, str] = {}
         # Recent accepted events, for the admin lookup: event_id -> (thread_id, seq,
         # connections queued here, owner listening anywhere), kept as a str and an int
@@ -288,10 +290,13 @@ class EventRouter:
         except BackendDown:
             return await self._spool_event(event)
         self.stats.observe(time.perf_counter() - started)
-        if self.hub.pressure:
-            # Some outbox is filling faster than its writer drains it (a burst
-            # published without awaiting anything): let the writers run once.
+        self._unyielded += 1
+        if self.hub.pressure or self._unyielded >= _YIELD_EVERY:
+            # A burst published without awaiting anything else (or an outbox filling
+            # faster than its writer drains it): let the writers, and every other
+            # task, run once. Bounds how long a tight publishing loop holds the loop.
             self.hub.pressure = False
+            self._unyielded = 0
             await asyncio.sleep(0)
         return result
 
@@ -838,6 +843,10 @@ class EventRouter:
 
 #: How many run ids ``_read_ids`` remembers the thread of (then it starts afresh).
 _RUN_THREADS_SIZE = 65536
+
+#: A publish lets other tasks run at least this often (a tight loop of publishes
+#: awaits nothing that suspends: without it, writers would wait for the whole burst).
+_YIELD_EVERY = 32
 
 #: URL schemes of a Redis dead-letter store.
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

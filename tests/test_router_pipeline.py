@@ -7,6 +7,7 @@ an accepted event.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -543,3 +544,31 @@ async def test_recent_event_lookup_keeps_two_generations(monkeypatch: pytest.Mon
         ]
         found = router.accepted_event(results[-1].event_id)
         assert found == (thread, 8, 1, True)
+
+
+async def test_a_tight_publishing_loop_lets_other_tasks_run() -> None:
+    from router.router import _YIELD_EVERY
+
+    async with EventRouter(dead_letters="memory://") as router:
+        thread = await new_thread(router, "alice")
+        run_id = await start_run(router, thread)
+        ticks = 0
+        done = False
+
+        async def other_task() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other_task())
+        await asyncio.sleep(0)
+        started = ticks
+        # Publishing awaits nothing that suspends: without the periodic yield the
+        # other task (a writer, say) would not run until the loop ends.
+        for n in range(10 * _YIELD_EVERY):
+            assert await router.publish(thinking(run_id, f"step {n}"))
+        ran = ticks - started
+        done = True
+        await task
+        assert ran >= 9
