@@ -57,8 +57,7 @@ async def _setup(
 
 
 def _drain(conn: Connection, into: list[str]) -> None:
-    # As the connection's writer takes them (off its backlog too: frames left
-    # unaccounted would make every publish see a backed-up outbox and yield).
+    # As the connection's writer takes them (a full outbox would close it).
     into.extend(conn.take_queued())
 
 

@@ -95,13 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     code, so a console script's ``sys.exit(main())`` and a test's ``main([...])`` both work.
     """
     parser = build_parser()
+    raw = sys.argv[1:] if argv is None else list(argv)
     try:
-        args, extra = parser.parse_known_args(None if argv is None else list(argv))
-        if extra:
-            if not getattr(args, "passthrough", False):
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
-            # A command that hands its arguments to another program (bench).
-            args.rest = [*args.rest, *extra]
+        args, extra = parser.parse_known_args(raw)
+        if getattr(args, "passthrough", False):
+            # A command that hands its arguments, as given, to another program (bench).
+            args.rest = raw[raw.index(args.command) + 1 :]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as stop:
         return _exit_code(stop.code)
     handler: Handler = args.handler

@@ -59,7 +59,6 @@ class Connection:
     __slots__ = (
         "_accepting",
         "_canceller",
-        "_high_water",
         "_on_close",
         "_queue",
         "_room",
@@ -103,7 +102,6 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.delivered = 0
-        self._high_water = max(1, outbox_size // 2)
         self._on_close = on_close
         self._canceller: Callable[[], None] | None = None
         #: the writer's wait for frames (a bare future: cheaper than an Event)
@@ -194,8 +192,8 @@ class Connection:
         What is queued is taken at once (at most ``_BATCH`` frames, so a slow
         socket holds little beyond the outbox). A writer that has caught up looks
         again after one pass of the event loop (a publisher in full flow refills
-        the outbox meanwhile), then sleeps on one Event that the next queued frame
-        sets: one wake-up per batch rather than per frame.
+        the outbox meanwhile), then waits on a future that the next queued frame
+        resolves: one wake-up per batch rather than per frame.
         """
         # Frames trickling in one at a time (a paced stream): the extra pass would
         # find nothing, so wait at once.
@@ -208,10 +206,7 @@ class Connection:
                     batch = queue
                 else:
                     batch = deque(queue.popleft() for _ in range(_BATCH))
-                room = self._room
-                if room is not None:
-                    self._room = None
-                    room.set()
+                self._free_room()
                 self._trickle = len(batch) == 1
                 return batch
             if not self._accepting:
@@ -243,11 +238,15 @@ class Connection:
         """
         taken = list(self._queue)
         self._queue.clear()
+        self._free_room()
+        return taken
+
+    def _free_room(self) -> None:
+        """Wake what waits for room in the outbox (frames were taken, or it closed)."""
         room = self._room
         if room is not None:
             self._room = None
             room.set()
-        return taken
 
     async def _wait_for_room(self) -> None:
         while True:
@@ -331,10 +330,7 @@ class Connection:
         # waiting for room (it then fails with ClosedResourceError).
         self._accepting = False
         self._wake()
-        room = self._room
-        if room is not None:
-            self._room = None
-            room.set()
+        self._free_room()
 
 
 class Hub:
@@ -345,9 +341,6 @@ class Hub:
         self._count = 0
         #: frames queued to connections since start (the "delivered" figure)
         self.delivered = 0
-        #: set when a connection's outbox passed half full; the publisher then yields
-        #: once so writers can drain (a burst from one task must not starve them)
-        self.pressure = False
 
     def add(self, connection: Connection) -> None:
         conns = self._by_user.get(connection.user_id)
@@ -378,8 +371,6 @@ class Hub:
         for conn in tuple(conns):
             if conn.offer(thread_id, seq, frame):
                 queued += 1
-                if len(conn._queue) > conn._high_water:
-                    self.pressure = True
         self.delivered += queued
         return queued
 

@@ -309,6 +309,10 @@ def _page(items: list[DeadLetterRecord], limit: int) -> DeadLetterPage:
     return DeadLetterPage(items, None)
 
 
+#: URL schemes of Redis (the Redis backend and the Redis dead-letter store).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def open_dead_letter_store(url: str, **options: Any) -> DeadLetterStore:
     """A store for ``url``: ``memory://``, ``sqlite:///relative.db``,
     ``sqlite:////absolute.db`` or ``redis://host:port/db``.
@@ -321,7 +325,7 @@ def open_dead_letter_store(url: str, **options: Any) -> DeadLetterStore:
         from ._sqlite_store import SQLiteDeadLetterStore
 
         return SQLiteDeadLetterStore(url, **options)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         try:
             from .backends.redis import RedisDeadLetterStore  # type: ignore[import-not-found,unused-ignore]
         except ModuleNotFoundError as exc:

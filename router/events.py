@@ -451,11 +451,9 @@ class PreparedFrame(NamedTuple):
         return f"{self.head}{seq}{self.tail}"
 
 
-#: A str as a JSON string literal, quotes included (the C encoder of the json module;
-#: non-ASCII kept as is, as everywhere in the frame).
+#: A str (or str subclass, such as the id types) as a JSON string literal, quotes
+#: included: the C encoder of the json module; non-ASCII kept as is.
 _quote: Callable[[str], str] = json.encoder.encode_basestring
-#: The value of a str (or str subclass) as a plain str.
-_plain = str.__str__
 
 
 def prepare_frame(
@@ -477,10 +475,10 @@ def prepare_frame(
         payload = event.payload  # type: ignore[attr-defined]
         payload_json = payload.__pydantic_serializer__.to_json(payload, exclude_unset=True)
     return PreparedFrame(
-        head=f'{{"type":{_quote(event.type)},"event_id":{_quote(_plain(event_id))},"seq":',  # type: ignore[attr-defined]
+        head=f'{{"type":{_quote(event.type)},"event_id":{_quote(event_id)},"seq":',  # type: ignore[attr-defined]
         tail=(
-            f',"thread_id":{_quote(_plain(thread_id))},"run_id":{_quote(_plain(event.run_id))}'
-            f',"agent_name":{_quote(event.agent_name)},"timestamp":{_quote(_plain(timestamp))}'
+            f',"thread_id":{_quote(thread_id)},"run_id":{_quote(event.run_id)}'
+            f',"agent_name":{_quote(event.agent_name)},"timestamp":{_quote(timestamp)}'
             f',"payload":{payload_json.decode()}}}'
         ),
     )

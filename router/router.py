@@ -30,6 +30,7 @@ from .backends.base import BackendDown
 from .connections import Connection, ConnectionState, Hub
 from .deadletters import (
     RAW_EVENT_LIMIT,
+    REDIS_SCHEMES,
     DeadLetterFilter,
     DeadLetterRecord,
     DeadLetterStore,
@@ -175,8 +176,8 @@ class EventRouter:
                 "max_records": dead_letter_max_records,
                 "max_age": dead_letter_max_age,
             }
-            prefix = (backend_options or {}).get("prefix")
-            if prefix is not None and dead_letters.startswith(_REDIS_SCHEMES):
+            prefix = getattr(self.backend, "prefix", None)
+            if prefix is not None and dead_letters.startswith(REDIS_SCHEMES):
                 # Dead letters on Redis live under the backend's key prefix too, so
                 # deployments sharing one Redis keep their records apart.
                 store_options["prefix"] = prefix
@@ -291,11 +292,10 @@ class EventRouter:
             return await self._spool_event(event)
         self.stats.observe(time.perf_counter() - started)
         self._unyielded += 1
-        if self.hub.pressure or self._unyielded >= _YIELD_EVERY:
-            # A burst published without awaiting anything else (or an outbox filling
-            # faster than its writer drains it): let the writers, and every other
-            # task, run once. Bounds how long a tight publishing loop holds the loop.
-            self.hub.pressure = False
+        if self._unyielded >= _YIELD_EVERY:
+            # A burst published without awaiting anything else: let the writers, and
+            # every other task, run once. Bounds how long a tight publishing loop holds
+            # the event loop (and how far any outbox can fill meanwhile).
             self._unyielded = 0
             await asyncio.sleep(0)
         return result
@@ -847,9 +847,6 @@ _RUN_THREADS_SIZE = 65536
 #: A publish lets other tasks run at least this often (a tight loop of publishes
 #: awaits nothing that suspends: without it, writers would wait for the whole burst).
 _YIELD_EVERY = 32
-
-#: URL schemes of a Redis dead-letter store.
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 #: Accepted events per generation of the lookup map (two generations are kept).
 _RECENT_EVENTS = 20_000

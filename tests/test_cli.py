@@ -271,6 +271,19 @@ def test_bench_hands_its_arguments_to_the_suite(
     assert code == 2 and "--scenarios" in err
 
 
+def test_bench_passes_its_arguments_in_order(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    import benchmarks.__main__ as suite
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(suite, "main", lambda argv: seen.append(list(argv)) or 0)
+    argv = ["--scenarios", "small,fan", "--reps", "5", "--variant", "before=/tmp/x", "--quick"]
+    code, _, _ = run(capsys, "bench", *argv)
+    assert code == 0 and seen == [argv]
+
+
 def test_bench_outside_a_source_checkout_says_where_to_run_it(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

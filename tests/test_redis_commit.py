@@ -36,7 +36,7 @@ async def started_router(redis_url: str, prefix: str) -> EventRouter:
     return router
 
 
-async def test_concurrent_publishers_share_round_trips_and_keep_each_threads_order(
+async def test_concurrent_publishers_share_round_trips_and_get_contiguous_seqs(
     redis_url: str, prefix: str
 ) -> None:
     router = await started_router(redis_url, prefix)
@@ -209,3 +209,22 @@ async def test_a_publisher_cancelled_mid_round_trip_leaves_the_pipe_usable(
         history = await router.backend.read_history(thread, 0)
         seqs = [seq for seq, _ in history.frames]
         assert seqs == list(range(1, after.seq + 1))
+
+
+async def test_a_batch_that_meets_a_flushed_script_cache_runs_again_in_order(
+    redis_url: str, prefix: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipe = CommitPipe(client, "return redis.call('INCR', KEYS[1])")
+    pipe.open()
+    key = prefix + "counter"
+    try:
+        assert await pipe.call([key], []) == 1  # connects and loads the script
+        await client.script_flush()
+        trips = pipe.round_trips
+        # Three in one batch: all meet NOSCRIPT, none ran; loaded once, run again.
+        assert await pipe._execute([(1, key), (1, key), (1, key)]) == [2, 3, 4]
+        assert pipe.round_trips - trips == 2
+    finally:
+        await pipe._drop()
+        await client.aclose()

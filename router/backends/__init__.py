@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..deadletters import REDIS_SCHEMES
 from .base import Backend, Committed
 from .memory import MemoryBackend
 
@@ -16,7 +17,7 @@ def open_backend(url: str, **options: Any) -> Backend:
     """A backend for ``url``. Raises ``ValueError`` for an unknown scheme."""
     if url.startswith("memory://"):
         return MemoryBackend(**options)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         try:
             from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
         except ModuleNotFoundError as exc:

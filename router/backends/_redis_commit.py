@@ -7,8 +7,9 @@ together, in the order they called, and reads their replies back in that order:
 N concurrent commits cost one write and one round trip. Redis runs the scripts
 one after another in that order, so per-thread order is the order of the calls.
 
-Cancelling a publisher is safe: an entry not yet written is skipped (nothing is
-committed), an entry already written is committed in full (its reply is dropped).
+Cancelling a publisher is safe: Redis runs each script whole or not at all. A caller
+cancelled while its entry waits in the queue commits nothing; once its entry was
+taken for writing it may be committed (its reply is then dropped).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
+import logging
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 __all__ = ["CommitPipe"]
+
+logger = logging.getLogger("router.redis")
 
 _Entry = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
@@ -78,9 +81,12 @@ class CommitPipe:
             raise reply
         return reply
 
+    def open(self) -> None:
+        """Accept calls; :meth:`run` (started right after) writes what queues."""
+        self._running = True
+
     async def run(self) -> None:
         """The writer: the router's background task for as long as it runs."""
-        self._running = True
         try:
             while True:
                 await self._wakeup.wait()
@@ -124,6 +130,14 @@ class CommitPipe:
                 if not future.done():
                     future.set_exception(exc)
             return
+        except Exception as exc:
+            # Not Redis failing: a fault here must not stop every later commit.
+            logger.exception("commit batch failed")
+            await self._drop()
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -147,6 +161,10 @@ class CommitPipe:
             conn = self._pool.connection_class(**kwargs)
             async with asyncio.timeout(self._timeout):
                 await conn.connect()
+                # Loaded on every new connection (a restarted Redis has an empty
+                # script cache), so a batch meets NOSCRIPT only after a SCRIPT FLUSH.
+                await conn.send_command("SCRIPT", "LOAD", self._script, check_health=False)
+                await conn.read_response()
             self._conn = conn
         return self._conn
 
@@ -154,13 +172,13 @@ class CommitPipe:
         replies = await self._round_trip(argsets)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            # Redis restarted (or its script cache was flushed): load it and run
-            # those again, in their order. All of a batch miss it together, so
-            # none of them ran.
+            # Redis's script cache was flushed while connected: load it and run those
+            # again, in their order. (Should another process load it between two of
+            # this batch's commands, the later ones ran first: only after a flush.)
             conn = await self._connection()
             async with asyncio.timeout(self._timeout):
                 await conn.send_command("SCRIPT", "LOAD", self._script, check_health=False)
-                await conn.read_response(timeout=math.inf)
+                await conn.read_response()
             again = await self._round_trip([argsets[i] for i in missing])
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
@@ -178,7 +196,7 @@ class CommitPipe:
             )
             for _ in argsets:
                 try:
-                    replies.append(await conn.read_response(timeout=math.inf))
+                    replies.append(await conn.read_response())
                 except ResponseError as exc:
                     # An error reply is read in full: the next reply follows intact.
                     replies.append(exc)

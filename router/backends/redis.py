@@ -203,8 +203,15 @@ class RedisBackend:
         # make are few and covered by tests against a real server.
         self.redis: Any = _client(url, **client_options)
         self._sub_redis: Any = _client(
-            # RESP2: the subscription is read as plain replies (see _read).
-            url, **{**client_options, "protocol": 2, "socket_timeout": None}
+            # RESP2: the subscription is read as plain replies (see _read). No retry:
+            # the subscriber resubscribes itself, with the channels it needs now.
+            url,
+            **{
+                **client_options,
+                "protocol": 2,
+                "socket_timeout": None,
+                "retry": Retry(NoBackoff(), 0),
+            },
         )
         self.threads = RedisThreadStore(self)
         self._commits = CommitPipe(self.redis, self._commit_script())
@@ -260,6 +267,7 @@ class RedisBackend:
             # Start anyway: publishes spool until Redis answers.
             logger.warning("redis unreachable at start (%s); events will be spooled", exc)
             self._lost_since = time.time()
+        self._commits.open()
         self._services.spawn(self._commits.run, name="redis-commits")
         self._services.spawn(self._subscriber, name="redis-subscriber")
         self._services.spawn(self._prober, name="redis-prober")
@@ -287,20 +295,13 @@ class RedisBackend:
 
     async def _check_epoch(self) -> None:
         """Read the epoch token (writing one if there is none); a different token
-        than before means Redis lost its data. Retries once: after a restart the
-        first command may meet a stale pooled connection."""
+        than before means Redis lost its data. (A stale pooled connection after a
+        restart is retried by the client itself.)"""
         key = self.key("epoch")
-        for attempt in (1, 2):
-            try:
-                current = await self.redis.get(key)
-                if current is None:
-                    await self.redis.set(key, new_connection_id(), nx=True)
-                    current = await self.redis.get(key)
-                break
-            except _REDIS_ERRORS:
-                if attempt == 2:
-                    raise
-                await self._drop_idle_connections()
+        current = await self.redis.get(key)
+        if current is None:
+            await self.redis.set(key, new_connection_id(), nx=True)
+            current = await self.redis.get(key)
         if self._epoch is not None and current != self._epoch:
             self.epoch_changes += 1
             logger.warning("redis lost its data (new history epoch %s)", current)
