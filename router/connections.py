@@ -59,6 +59,7 @@ class Connection:
     __slots__ = (
         "_accepting",
         "_canceller",
+        "_high_water",
         "_on_close",
         "_queue",
         "_room",
@@ -106,6 +107,8 @@ class Connection:
         self._canceller: Callable[[], None] | None = None
         #: the writer's wait for frames (a bare future: cheaper than an Event)
         self._wakeup: asyncio.Future[None] | None = None
+        #: past this many queued frames the publisher yields (see Hub.pressure)
+        self._high_water = max(1, outbox_size // 2)
         #: the writer's last batch was a single frame
         self._trickle = False
 
@@ -341,6 +344,9 @@ class Hub:
         self._count = 0
         #: frames queued to connections since start (the "delivered" figure)
         self.delivered = 0
+        #: set when a connection's outbox passed half full: the publisher yields at
+        #: once (a small outbox could fill before its periodic yield)
+        self.pressure = False
 
     def add(self, connection: Connection) -> None:
         conns = self._by_user.get(connection.user_id)
@@ -371,6 +377,8 @@ class Hub:
         for conn in tuple(conns):
             if conn.offer(thread_id, seq, frame):
                 queued += 1
+                if len(conn._queue) > conn._high_water:
+                    self.pressure = True
         self.delivered += queued
         return queued
 

@@ -292,11 +292,12 @@ class EventRouter:
             return await self._spool_event(event)
         self.stats.observe(time.perf_counter() - started)
         self._unyielded += 1
-        if self._unyielded >= _YIELD_EVERY:
+        if self._unyielded >= _YIELD_EVERY or self.hub.pressure:
             # A burst published without awaiting anything else: let the writers, and
             # every other task, run once. Bounds how long a tight publishing loop holds
-            # the event loop (and how far any outbox can fill meanwhile).
+            # the event loop; sooner when an outbox is already half full.
             self._unyielded = 0
+            self.hub.pressure = False
             await asyncio.sleep(0)
         return result
 

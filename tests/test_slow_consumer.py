@@ -154,3 +154,27 @@ async def test_burst_from_one_task_does_not_close_fast_clients(router_factory: A
         finally:
             for ws in clients:
                 await ws.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_tight_burst_into_a_small_outbox_reaches_a_reading_client(
+    router_factory: Any,
+) -> None:
+    # 60 events published without awaiting anything else, to a connection whose
+    # outbox holds 8: the publisher lets the writer run whenever the outbox is half
+    # full, so a client that reads gets everything and is never taken for slow.
+    router: EventRouter = router_factory(outbox_size=8)
+    async with serve(router) as server:
+        thread = await new_thread(router, "alice")
+        ws = await ws_connect(server, "alice")
+        try:
+            assert (await recv_json(ws))["op"] == "welcome"
+            run_id = new_run_id(thread)
+            assert await router.publish(ev("agent_started", run_id))
+            for n in range(60):
+                assert await router.publish(thinking(run_id, f"step {n}"))
+            frames = [await recv_json(ws) for _ in range(61)]
+            assert [f["seq"] for f in frames] == list(range(1, 62))
+            assert router.stats.slow_consumer_closes == 0
+        finally:
+            await ws.close()
