@@ -4,6 +4,7 @@ through a restart of Redis's script cache and through cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -227,4 +228,41 @@ async def test_a_batch_that_meets_a_flushed_script_cache_runs_again_in_order(
         assert pipe.round_trips - trips == 2
     finally:
         await pipe._drop()
+        await client.aclose()
+
+
+async def test_a_fault_that_is_not_redis_fails_one_batch_and_the_pipe_goes_on(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipe = CommitPipe(client, "return redis.call('INCR', KEYS[1])")
+    pipe.open()
+    writer = asyncio.ensure_future(pipe.run())
+    key = prefix + "counter"
+    real = pipe._execute
+    calls = 0
+
+    async def flaky(argsets: list[tuple[Any, ...]]) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the writer's first batch
+            raise ValueError("a bug")
+        return await real(argsets)
+
+    monkeypatch.setattr(pipe, "_execute", flaky)
+    try:
+        # The first call goes directly; the next three queue behind it and go to
+        # the writer as one batch, which fails; then both paths work again.
+        results = await asyncio.gather(
+            *(pipe.call([key], []) for _ in range(4)), return_exceptions=True
+        )
+        assert results[0] == 1
+        assert all(isinstance(r, ValueError) for r in results[1:])
+        more = await asyncio.gather(*(pipe.call([key], []) for _ in range(4)))
+        assert more == [2, 3, 4, 5]
+        assert not writer.done()
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
         await client.aclose()

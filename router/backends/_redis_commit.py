@@ -122,17 +122,12 @@ class CommitPipe:
     async def _send(self, batch: list[_Entry]) -> None:
         try:
             replies = await self._execute([args for args, _ in batch])
-        except (RedisError, OSError) as exc:
-            # Unknown which of the batch ran: the connection is dropped and each
-            # caller told that Redis did not answer (its event is spooled).
-            await self._drop()
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
         except Exception as exc:
-            # Not Redis failing: a fault here must not stop every later commit.
-            logger.exception("commit batch failed")
+            # Unknown which of the batch ran: the connection is dropped and each
+            # caller gets the error (Redis not answering: its event is spooled). Any
+            # other fault fails this batch only, never every later commit.
+            if not isinstance(exc, RedisError | OSError):
+                logger.exception("commit batch failed")
             await self._drop()
             for _, future in batch:
                 if not future.done():
