@@ -44,6 +44,7 @@ from ..connections import Hub
 from ..history import HistorySlice
 from ..ids import UserId, new_connection_id
 from ._redis_commit import CommitPipe
+from ._resp import reply_reader
 from .base import BackendDown, Committed
 
 __all__ = ["RedisBackend", "RedisDeadLetterStore", "RedisThreadStore"]
@@ -492,26 +493,48 @@ class RedisBackend:
         # Replies straight off the subscription's connection (RESP2: [kind, channel,
         # data]): PubSub.get_message wraps each in a retry, a dict and handlers this
         # reader does not need, on the path of every event.
-        read = pubsub.connection.read_response
+        # Every message that one read of the socket brought is handled before the
+        # next read, and an in-order message without awaiting anything.
+        replies = reply_reader(pubsub.connection)
+        read_one = pubsub.connection.read_response
+        deliver_now = self._deliver_now
         while True:
-            reply = await read(timeout=None)
-            if not isinstance(reply, list) or len(reply) != 3:
-                continue
-            kind, channel, data = reply
-            if kind == "subscribe":
-                if channel == probe:
-                    await self._resubscribed()
-                else:
-                    event = self._confirmed.get(channel[prefix_len:])
-                    if event is not None:
-                        event.set()
-                continue
-            if kind != "message":
-                continue
-            if channel == probe:
-                self._probe_seen.set()
-                continue
-            await self._on_message(channel[prefix_len:], data)
+            batch = [await read_one(timeout=None)] if replies is None else await replies.replies()
+            for reply in batch:
+                if not isinstance(reply, list) or len(reply) != 3:
+                    continue
+                kind, channel, data = reply
+                if kind == "message":
+                    if channel == probe:
+                        self._probe_seen.set()
+                    elif not deliver_now(channel[prefix_len:], data):
+                        await self._on_message(channel[prefix_len:], data)
+                elif kind == "subscribe":
+                    if channel == probe:
+                        await self._resubscribed()
+                    else:
+                        event = self._confirmed.get(channel[prefix_len:])
+                        if event is not None:
+                            event.set()
+
+    def _deliver_now(self, user_id: str, data: str) -> bool:
+        """Handle a message that needs nothing awaited: the next seq of its thread
+        (delivered), a repeat (dropped), or one for a user no longer watched.
+        False leaves it to :meth:`_on_message` (a gap to heal, or a seq that went
+        backwards)."""
+        seen = self._seen.get(user_id)
+        if seen is None:
+            return True
+        seq_text, _, rest = data.partition(" ")
+        thread_id, _, frame = rest.partition(" ")
+        seq = int(seq_text)
+        last = seen.get(thread_id)
+        if last is None or seq == last + 1:
+            self._remember(seen, thread_id, seq)
+            if self._hub is not None:
+                self._hub.deliver(user_id, thread_id, seq, frame)
+            return True
+        return seq == last
 
     async def _resubscribed(self) -> None:
         """The subscription is (back) up: check the epoch and heal what was missed."""

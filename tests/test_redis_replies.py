@@ -1,0 +1,110 @@
+"""Redis replies read many per socket read (``router.backends._resp``), and the
+subscription that reads them, with hiredis and through redis-py alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from router import EventRouter, new_run_id, new_thread_id
+from router.backends import redis as redis_backend
+from router.backends._resp import ReplyReader
+
+from .conftest import wait_for
+from .helpers import close_connection, open_connection
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def feed(chunks: list[bytes], *, eof: bool = False) -> asyncio.StreamReader:
+    stream = asyncio.StreamReader()
+    for chunk in chunks:
+        stream.feed_data(chunk)
+    if eof:
+        stream.feed_eof()
+    return stream
+
+
+async def test_every_complete_reply_of_one_read_comes_back_at_once() -> None:
+    stream = feed([b"+OK\r\n:7\r\n*2\r\n$2\r\nab\r\n:1\r\n$4\r\nhal"])
+    reader = ReplyReader(stream, encoding="utf-8")
+    assert await reader.replies() == ["OK", 7, ["ab", 1]]
+    # The cut reply waits for the rest.
+    waiting = asyncio.ensure_future(reader.replies())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stream.feed_data(b"f\r\n")
+    assert await waiting == ["half"]
+
+
+async def test_error_replies_come_back_in_their_place() -> None:
+    stream = feed([b"-NOSCRIPT No matching script.\r\n:1\r\n-ERR wrong\r\n:2\r\n"])
+    replies = await ReplyReader(stream, encoding="utf-8").read(4)
+    assert isinstance(replies[0], NoScriptError)
+    assert str(replies[0]) == "No matching script."
+    assert replies[1] == 1
+    assert type(replies[2]) is ResponseError and str(replies[2]) == "ERR wrong"
+    assert replies[3] == 2
+
+
+async def test_read_waits_for_exactly_its_count_across_reads() -> None:
+    stream = feed([b":1\r\n:2"])
+    reader = ReplyReader(stream, encoding=None)
+    task = asyncio.ensure_future(reader.read(3))
+    await asyncio.sleep(0)
+    stream.feed_data(b"\r\n$1\r\nx\r\n:4\r\n")
+    assert await task == [1, 2, b"x"]
+    assert await reader.read(1) == [4]
+
+
+async def test_a_closed_connection_is_a_connection_error() -> None:
+    reader = ReplyReader(feed([b":1\r\n"], eof=True), encoding="utf-8")
+    assert await reader.read(1) == [1]
+    with pytest.raises(RedisConnectionError):
+        await reader.read(1)
+
+
+@pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
+async def test_the_subscription_delivers_in_order_either_way(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    if replies_via == "redis-py":
+        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
+    async with EventRouter(
+        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
+    ) as router:
+        thread = new_thread_id("replies")
+        await router.threads.create(thread, "alice")
+        conn = open_connection(router, "alice")
+        await router.backend.watch("alice")
+        run_id = new_run_id(thread)
+        assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+        results = await asyncio.gather(
+            *(
+                router.publish(
+                    {
+                        "type": "agent_thinking",
+                        "run_id": run_id,
+                        "agent_name": "w",
+                        "payload": {"reasoning": f"step {n}"},
+                    }
+                )
+                for n in range(200)
+            )
+        )
+        assert [r.seq for r in results] == list(range(2, 202))
+        frames: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            frames.extend(json.loads(raw) for raw in conn.take_queued())
+            return len(frames) >= 201
+
+        await wait_for(arrived, 20, "every frame through the subscription")
+        assert [f["seq"] for f in frames] == list(range(1, 202))
+        assert [f["payload"]["reasoning"] for f in frames[1:]] == [f"step {n}" for n in range(200)]
+        close_connection(conn)
