@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from router import EventRouter, new_run_id, new_thread_id
+from router.backends import _redis_commit
 from router.backends._redis_commit import CommitPipe
 
 from .conftest import wait_for
@@ -239,17 +241,17 @@ async def test_a_fault_that_is_not_redis_fails_one_batch_and_the_pipe_goes_on(
     pipe.open()
     writer = asyncio.ensure_future(pipe.run())
     key = prefix + "counter"
-    real = pipe._execute
+    real = _redis_commit._pack
     calls = 0
 
-    async def flaky(argsets: list[tuple[Any, ...]]) -> list[Any]:
+    def flaky(prefix: list[bytes], args: tuple[Any, ...]) -> bytes:
         nonlocal calls
         calls += 1
         if calls == 2:  # the writer's first batch
             raise ValueError("a bug")
-        return await real(argsets)
+        return real(prefix, args)
 
-    monkeypatch.setattr(pipe, "_execute", flaky)
+    monkeypatch.setattr(_redis_commit, "_pack", flaky)
     try:
         # The first call goes directly; the next three queue behind it and go to
         # the writer as one batch, which fails; then both paths work again.
@@ -261,6 +263,137 @@ async def test_a_fault_that_is_not_redis_fails_one_batch_and_the_pipe_goes_on(
         more = await asyncio.gather(*(pipe.call([key], []) for _ in range(4)))
         assert more == [2, 3, 4, 5]
         assert not writer.done()
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await client.aclose()
+
+
+@pytest.fixture(params=["hiredis", "redis-py"])
+def replies_via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Replies read many per socket read (hiredis), or one by one through redis-py
+    (where hiredis is missing)."""
+    if request.param == "redis-py":
+        monkeypatch.setattr(_redis_commit, "reply_reader", lambda conn: None)
+    return str(request.param)
+
+
+async def test_the_writer_sends_the_next_batch_before_the_last_is_answered(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipe = CommitPipe(client, "return redis.call('INCR', KEYS[1])")
+    pipe.open()
+    writer = asyncio.ensure_future(pipe.run())
+    key = prefix + "counter"
+    gate = asyncio.Event()
+    real = pipe._some_replies
+
+    async def held() -> list[Any]:
+        await gate.wait()
+        return await real()
+
+    monkeypatch.setattr(pipe, "_some_replies", held)
+    try:
+        assert await pipe.call([key], []) == 1  # alone: directly, not through the reader
+        trips = pipe.round_trips
+        # The first of these finds the pipe idle and goes directly; the other two
+        # queue behind it and are the writer's first batch.
+        first = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(3)]
+        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "the first batch written")
+        assert first[0].done() and first[0].result() == 2
+        second = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
+        # Written while the first batch's replies are still unread.
+        await wait_for(lambda: len(pipe._in_flight) == 4, 5, "the second batch written")
+        assert pipe.round_trips - trips == 3
+        assert not any(f.done() for f in first[1:] + second)
+        gate.set()
+        assert await asyncio.gather(*first, *second) == [2, 3, 4, 5, 6]
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await client.aclose()
+
+
+async def test_batches_in_flight_that_meet_a_flushed_script_cache_run_again_in_order(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipe = CommitPipe(
+        client, "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
+    )
+    pipe.open()
+    writer = asyncio.ensure_future(pipe.run())
+    key = prefix + "list"
+    real = pipe._write
+    flushed = False
+
+    async def flush_first(batch: list[Any]) -> None:
+        nonlocal flushed
+        if not flushed:
+            flushed = True
+            await client.script_flush()
+        await real(batch)
+
+    monkeypatch.setattr(pipe, "_write", flush_first)
+    try:
+        # The first goes directly; the rest meet an empty script cache, are loaded
+        # and run again, in the order they called.
+        results = await asyncio.gather(*(pipe.call([key], [n]) for n in range(6)))
+        assert results == [1, 2, 3, 4, 5, 6]
+        assert flushed
+        assert await client.lrange(key, 0, -1) == [str(n) for n in range(6)]
+        more = await asyncio.gather(*(pipe.call([key], [n]) for n in range(6, 9)))
+        assert more == [7, 8, 9]
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await client.delete(key)
+        await client.aclose()
+
+
+async def test_a_connection_lost_with_batches_in_flight_fails_them_all_and_reconnects(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipe = CommitPipe(client, "return redis.call('INCR', KEYS[1])")
+    pipe.open()
+    writer = asyncio.ensure_future(pipe.run())
+    key = prefix + "counter"
+    gate = asyncio.Event()
+    real = pipe._some_replies
+    lost = False
+
+    async def cut_once() -> list[Any]:
+        nonlocal lost
+        await gate.wait()
+        if not lost:
+            lost = True
+            raise RedisConnectionError("Connection closed by server.")
+        return await real()
+
+    monkeypatch.setattr(pipe, "_some_replies", cut_once)
+    try:
+        assert await pipe.call([key], []) == 1
+        # The first goes directly; then two batches go out, their replies unread.
+        calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(3)]
+        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "the first batch written")
+        assert await calls[0] == 2
+        calls += [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
+        await wait_for(lambda: len(pipe._in_flight) == 4, 5, "the second batch written")
+        first_connection = pipe._conn
+        gate.set()  # reading fails: the connection is lost with four replies unread
+        results = await asyncio.gather(*calls[1:], return_exceptions=True)
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+        assert not pipe._in_flight and pipe._conn is None
+        # Each of them ran or not, atomically; the pipe reconnects and the next
+        # commit takes the next number either way.
+        after = await pipe.call([key], [])
+        assert pipe._conn is not first_connection
+        assert after == int(await client.get(key))
     finally:
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
