@@ -53,6 +53,7 @@ METRICS = (
     "latency_max_ms",
     "server_cpu_us_per_event",
     "client_cpu_us_per_event",
+    "redis_cpu_us_per_event",
     "server_rss_kib",
     "us_per_publish",
     "cpu_us_per_publish",
@@ -259,7 +260,10 @@ def run_socket_scenario(
             server.wait_ready()
         config = {
             "scenario": scenario.to_dict(),
-            "servers": {name: {"port": s.port, "pid": s.pid} for name, s in servers.items()},
+            "servers": {
+                name: {"port": s.port, "pid": s.pid, "redis_pid": _redis_pid_of(name)}
+                for name, s in servers.items()
+            },
             "cpu": CLIENT_CPU if pin else -1,
             "timeout": timeout,
         }
@@ -348,6 +352,30 @@ def summarise(scenario: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
         if key in raw:
             summary[key] = raw[key]
     return summary
+
+
+def _cpu_budget(redis_row: dict[str, Any], memory_row: dict[str, Any]) -> dict[str, Any] | None:
+    """What the machine's CPUs allow the Redis row: server, load generator and Redis
+    all run here, so at most (CPUs / their CPU time per event) events/s."""
+    parts = [
+        redis_row.get(key)
+        for key in ("server_cpu_us_per_event", "client_cpu_us_per_event", "redis_cpu_us_per_event")
+    ]
+    memory_rate = memory_row.get("delivered_per_s")
+    if any(part is None for part in parts) or not memory_rate:
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_event = sum(parts)
+    ceiling = (cpus or 1) * 1e6 / per_event
+    return {
+        "cpus": cpus,
+        "server_us": parts[0],
+        "client_us": parts[1],
+        "redis_us": parts[2],
+        "all_us": per_event,
+        "ceiling_per_s": ceiling,
+        "ceiling_vs_memory": ceiling / memory_rate,
+    }
 
 
 def _paired(router: dict[str, Any], other: dict[str, Any], metric: str) -> float | None:
@@ -473,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.redis:
         _REDIS.update(url=args.redis, prefix=f"bench:{os.getpid()}:{int(time.time())}:")
+        pid = _redis_pid(args.redis)
+        if pid is not None:
+            _REDIS["pid"] = str(pid)
     variants: dict[str, Path] = {}
     for item in args.variant:
         label, _, path = item.partition("=")
@@ -528,6 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metric: _paired(redis_row, memory_row, metric)
                 for metric in ("delivered_per_s", "latency_p99_ms", "server_cpu_us_per_event")
             }
+            budget = _cpu_budget(redis_row["median"], memory_row["median"])
+            if budget:
+                summary["redis_vs_memory"]["cpu_budget"] = budget
             log(f"{name}: router on Redis vs memory: {summary['redis_vs_memory']}")
         results["scenarios"][name] = summary
     results["meta"]["seconds"] = time.monotonic() - started
@@ -549,6 +583,31 @@ def _redis_env(system: str, env: dict[str, str]) -> dict[str, str]:
         env["BENCH_ROUTER_BACKEND"] = _REDIS["url"]
         env["BENCH_ROUTER_PREFIX"] = _REDIS["prefix"]
     return env
+
+
+def _redis_pid(url: str) -> int | None:
+    """The Redis server's process id, when it runs on this host (its CPU time is
+    then read like the servers', from /proc)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    except Exception as exc:
+        log(f"redis: no server CPU figures ({exc})")
+        return None
+    finally:
+        client.close()
+    host = client.connection_pool.connection_kwargs.get("host", "")
+    if host not in ("127.0.0.1", "localhost", "::1") or not Path(f"/proc/{pid}").is_dir():
+        return None
+    return pid
+
+
+def _redis_pid_of(system: str) -> int | None:
+    if system == f"router:{REDIS_LABEL}" and "pid" in _REDIS:
+        return int(_REDIS["pid"])
+    return None
 
 
 def _redis_cleanup() -> None:

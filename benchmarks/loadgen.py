@@ -254,11 +254,20 @@ async def bounded(
 class Target:
     """One system's server, its threads and its connections."""
 
-    def __init__(self, system: str, port: int, pid: int, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        system: str,
+        port: int,
+        pid: int,
+        http: aiohttp.ClientSession,
+        redis_pid: int | None = None,
+    ) -> None:
         self.system = system
         self.base = f"http://127.0.0.1:{port}"
         self.ws_base = f"ws://127.0.0.1:{port}"
         self.pid = pid
+        #: the Redis server this system uses (router:redis on this host), for its CPU
+        self.redis_pid = redis_pid
         self.http = http
         self.threads: dict[str, list[str]] = {}
         self.clients: list[Client] = []
@@ -351,6 +360,7 @@ async def emit_and_check(
         "rate": scenario["rate"],
         "total": total,
     }
+    redis0 = cpu_ns(target.redis_pid) if target.redis_pid else 0
     server0, me0 = cpu_ns(target.pid), cpu_ns(os.getpid())
     await target.post("/bench/emit", body)
     timed_out = False
@@ -359,6 +369,7 @@ async def emit_and_check(
     except TimeoutError:
         timed_out = True
     server1, me1 = cpu_ns(target.pid), cpu_ns(os.getpid())
+    redis1 = cpu_ns(target.redis_pid) if target.redis_pid else 0
     # Let the emission finish and give stray frames a moment to show up.
     status = await target.status()
     for _ in range(200):
@@ -419,6 +430,10 @@ async def emit_and_check(
         "server_cpu_s": (server1 - server0) / 1e9,
         "server_cpu_us_per_event": (server1 - server0) / 1e3 / delivered if delivered else None,
         "client_cpu_us_per_event": (me1 - me0) / 1e3 / delivered if delivered else None,
+        # The Redis server's CPU over the same span (it serves only this run).
+        "redis_cpu_us_per_event": (
+            (redis1 - redis0) / 1e3 / delivered if delivered and target.redis_pid else None
+        ),
         "server_rss_kib": memory["rss"],
         "server_gc": status.get("gc"),
         "server_peak_rss_kib": memory["hwm"],
@@ -479,7 +494,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         targets = {
-            name: Target(name, server["port"], server["pid"], http)
+            name: Target(name, server["port"], server["pid"], http, server.get("redis_pid"))
             for name, server in config["servers"].items()
         }
         try:

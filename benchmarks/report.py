@@ -120,6 +120,22 @@ def render(results: dict[str, Any], out: IO[str]) -> None:
         parts = _ratio_lines("router", scenario.get("ratios", {}))
         for variant, ratios in scenario.get("variant_ratios", {}).items():
             parts.extend(_ratio_lines(variant, ratios))
+        versus = scenario.get("redis_vs_memory")
+        if versus:
+            parts.append(
+                f"router:redis vs router (memory): events/s {_x(versus.get('delivered_per_s'))}, "
+                f"CPU/ev {_x(versus.get('server_cpu_us_per_event'))}, "
+                f"p99 {_x(versus.get('latency_p99_ms'))}"
+            )
+            budget = versus.get("cpu_budget")
+            if budget:
+                parts.append(
+                    f"router:redis CPU us/ev: server {budget['server_us']:.1f} + load generator "
+                    f"{budget['client_us']:.1f} + Redis {budget['redis_us']:.1f} = "
+                    f"{budget['all_us']:.1f}: {budget['cpus']} CPUs allow at most "
+                    f"{_n(budget['ceiling_per_s'])} ev/s "
+                    f"({_x(budget['ceiling_vs_memory'])} of the memory row)"
+                )
         if name == "inproc" and scenario.get("floors"):
             floors = scenario["floors"]
             parts.append(

@@ -46,3 +46,44 @@ def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
     for target in data["targets"]:
         assert target["pass"] in (True, False, None)
     assert proc.returncode == 0, log
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis_url: str) -> None:
+    out = tmp_path / "bench" / "redis.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--scenarios",
+            "agents,small",
+            "--redis",
+            redis_url,
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    log = proc.stderr[-4000:] + proc.stdout[-2000:]
+    assert out.is_file(), log
+    data = json.loads(out.read_text())
+    for name in ("agents", "small"):
+        scenario = data["scenarios"][name]
+        row = scenario["systems"]["router:redis"]
+        assert row["ok"] and row["verified"], (name, log)
+        for rep in row["reps"]:
+            assert rep["delivered"] == rep["expected"] > 0, (name, rep)
+            # Redis runs on this host: its CPU time is counted beside the server's.
+            assert rep["redis_cpu_us_per_event"] > 0, (name, rep)
+        budget = scenario["redis_vs_memory"]["cpu_budget"]
+        assert budget["all_us"] == pytest.approx(
+            budget["server_us"] + budget["client_us"] + budget["redis_us"]
+        )
+    assert "router:redis CPU us/ev" in proc.stdout, log
+    assert proc.returncode == 0, log
