@@ -520,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     pin = not args.no_pin and {SERVER_CPU, CLIENT_CPU} <= affinity
     if args.profile is not None:
+        if shutil.which("py-spy") is None:
+            parser.error("--profile needs py-spy on PATH (pip install py-spy)")
         args.profile.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, Any] = {"meta": _meta(args, pin), "scenarios": {}}
