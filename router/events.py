@@ -28,6 +28,8 @@ from pydantic import (
     JsonValue,
     TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
 )
 
@@ -91,12 +93,59 @@ _ENVELOPE_ALLOWANCE = 4096
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# Containers nested deeper than this are left to pydantic (which has its own limit).
+_MAX_PLAIN_DEPTH = 64
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` is JSON made only of exact builtin types with finite
+    floats: what a ``JsonValue`` field keeps as it is."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return bool(value - value == 0.0)  # False for inf and nan
+    if depth >= _MAX_PLAIN_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            if not _plain_json(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _keep_plain_json(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # JsonValue's validator calls back into Python for every value it meets (to
+    # pick the union member); plain JSON, the usual payload, passes unchanged in
+    # one walk. Anything else gets JsonValue's own validation and errors.
+    if _plain_json(value):
+        return value
+    return handler(value)
+
+
+def _keep_plain_object(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    if type(value) is dict and _plain_json(value):
+        return value
+    return handler(value)
+
+
+#: ``JsonValue``, validated the same way, faster for plain JSON.
+_Json = Annotated[JsonValue, WrapValidator(_keep_plain_json)]
+_JsonObject = Annotated[dict[str, JsonValue], WrapValidator(_keep_plain_object)]
+
+
 class _Payload(BaseModel):
     model_config = _STRICT
 
 
 class AgentStartedPayload(_Payload):
-    context: JsonValue = None
+    context: _Json = None
 
 
 class AgentThinkingPayload(_Payload):
@@ -108,34 +157,34 @@ class AgentThinkingPayload(_Payload):
 class ToolExecutingPayload(_Payload):
     tool_name: str = Field(min_length=1, max_length=256)
     tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
-    parameters: JsonValue = None
+    parameters: _Json = None
 
 
 class ToolCompletedPayload(_Payload):
     tool_name: str = Field(min_length=1, max_length=256)
     tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
-    result: JsonValue = None
+    result: _Json = None
     execution_time_ms: float | None = Field(default=None, ge=0)
     success: bool | None = None
 
 
 class AgentCompletedPayload(_Payload):
-    result: JsonValue = None
+    result: _Json = None
     execution_time_ms: float | None = Field(default=None, ge=0)
 
 
 class AgentErrorPayload(_Payload):
     error: str
-    error_context: JsonValue = None
+    error_context: _Json = None
 
 
 class ProgressUpdatePayload(_Payload):
-    progress: dict[str, JsonValue]
+    progress: _JsonObject
 
 
 class CustomPayload(_Payload):
     notification_type: str = Field(min_length=1, max_length=128)
-    data: JsonValue = None
+    data: _Json = None
 
 
 class BaseEvent(BaseModel):

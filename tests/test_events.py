@@ -10,15 +10,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pydantic_core
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import ConfigDict, JsonValue, TypeAdapter, ValidationError
 
 from router.events import (
     EVENT_TYPES,
     BaseEvent,
+    CustomPayload,
     MalformedEvent,
     OutboundFrame,
+    ProgressUpdatePayload,
     format_timestamp,
     inbound_schema,
     outbound_schema,
@@ -546,6 +550,7 @@ def test_schemas_are_json_schema_dicts() -> None:
 
 def test_schemas_validate_real_events_and_frames() -> None:
     import jsonschema
+
     inbound = jsonschema.Draft202012Validator(inbound_schema())
     outbound = jsonschema.Draft202012Validator(outbound_schema())
     jsonschema.Draft202012Validator.check_schema(inbound_schema())
@@ -560,3 +565,78 @@ def test_schemas_validate_real_events_and_frames() -> None:
     assert not inbound.is_valid(make(extra=1))
     assert not outbound.is_valid({**frame_of(accepted(make())), "seq": 0})
     assert not outbound.is_valid({**frame_of(accepted(make())), "user_id": "alice"})
+
+
+# Values a JsonValue field may meet: JSON, and what is not quite JSON (tuples, sets,
+# non-finite floats, non-str keys, bytes, str and int subclasses, deep nesting).
+class _Text(str):
+    pass
+
+
+class _Count(int):
+    pass
+
+
+_near_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63, max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=4)
+    | st.builds(_Text, st.text(max_size=4))
+    | st.builds(_Count, st.integers())
+    | st.just("\ud800"),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+        | st.dictionaries(st.integers() | st.text(max_size=2), inner, max_size=3)
+        | st.frozensets(st.integers(), max_size=3)
+    ),
+    max_leaves=12,
+)
+# As the payload models are configured: no inf or nan.
+_reference_json: TypeAdapter[Any] = TypeAdapter(JsonValue, config=ConfigDict(allow_inf_nan=False))
+_reference_object: TypeAdapter[Any] = TypeAdapter(
+    dict[str, JsonValue], config=ConfigDict(allow_inf_nan=False)
+)
+
+
+def _outcome(validate: Any, value: Any) -> tuple[str, Any]:
+    try:
+        return "ok", validate(value)
+    except ValidationError as exc:
+        return "error", [(e["type"], e["loc"]) for e in exc.errors(include_url=False)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_near_json)
+def test_json_fields_accept_and_reject_exactly_what_jsonvalue_does(value: Any) -> None:
+    # The payload fields take plain JSON as it is (a faster path) and hand all else
+    # to JsonValue: the outcome must be JsonValue's, value or error, either way.
+    want_kind, want = _outcome(_reference_json.validate_python, value)
+    got_kind, got = _outcome(lambda v: CustomPayload(notification_type="n", data=v).data, value)
+    assert got_kind == want_kind
+    if want_kind == "ok":
+        assert got == want
+        assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+    else:
+        assert [kind for kind, _ in got] == [kind for kind, _ in want]
+    object_kind, _ = _outcome(lambda v: ProgressUpdatePayload(progress=v).progress, value)
+    assert object_kind == _outcome(_reference_object.validate_python, value)[0]
+    # The payload as serialised for the frame is the same too (or fails alike: a
+    # lone surrogate is JSON to pydantic but cannot be written as UTF-8).
+    if want_kind == "ok":
+        payload = CustomPayload(notification_type="n", data=value)
+        assert _written(
+            lambda: payload.__pydantic_serializer__.to_json(payload, exclude_unset=True)
+        ) == _written(lambda: pydantic_core.to_json({"notification_type": "n", "data": want}))
+
+
+def _written(serialise: Any) -> bytes | str:
+    try:
+        return bytes(serialise())
+    except ValueError as exc:
+        return type(exc).__name__
