@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from router import EventRouter, new_run_id, new_thread_id
 from router.backends import _redis_commit
@@ -18,6 +21,7 @@ from router.backends._redis_commit import CommitPipe
 
 from .conftest import wait_for
 from .helpers import close_connection, open_connection
+from .redis_support import PrivateRedis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -279,23 +283,52 @@ def replies_via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
+class Gate:
+    """Holds one of the pipe's steps until the test opens it."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.reached = asyncio.Event()
+
+    def hold(self, step: Any) -> Any:
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            self.reached.set()
+            await self.open.wait()
+            return await step(*args, **kwargs)
+
+        return held
+
+
+def hold_replies(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """The reader's reads wait at the gate (the direct path reads on its own)."""
+    gate = Gate()
+    monkeypatch.setattr(_redis_commit, "_some_replies", gate.hold(_redis_commit._some_replies))
+    return gate
+
+
+@contextlib.asynccontextmanager
+async def running_pipe(
+    url: str, script: str = "return redis.call('INCR', KEYS[1])", **options: Any
+) -> AsyncIterator[tuple[CommitPipe, aioredis.Redis, asyncio.Future[None]]]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    pipe = CommitPipe(client, script, **options)
+    pipe.open()
+    writer = asyncio.ensure_future(pipe.run())
+    try:
+        yield pipe, client, writer
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await client.aclose()
+
+
 async def test_the_writer_sends_the_next_batch_before_the_last_is_answered(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    pipe = CommitPipe(client, "return redis.call('INCR', KEYS[1])")
-    pipe.open()
-    writer = asyncio.ensure_future(pipe.run())
     key = prefix + "counter"
-    gate = asyncio.Event()
-    real = pipe._some_replies
-
-    async def held() -> list[Any]:
-        await gate.wait()
-        return await real()
-
-    monkeypatch.setattr(pipe, "_some_replies", held)
-    try:
+    async with running_pipe(redis_url) as (pipe, _, _):
+        gate = hold_replies(monkeypatch)
         assert await pipe.call([key], []) == 1  # alone: directly, not through the reader
         trips = pipe.round_trips
         # The first of these finds the pipe idle and goes directly; the other two
@@ -306,96 +339,189 @@ async def test_the_writer_sends_the_next_batch_before_the_last_is_answered(
         second = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
         # Written while the first batch's replies are still unread.
         await wait_for(lambda: len(pipe._in_flight) == 4, 5, "the second batch written")
-        assert pipe.round_trips - trips == 3
+        await wait_for(lambda: pipe.round_trips - trips == 3, 5, "three writes")
         assert not any(f.done() for f in first[1:] + second)
-        gate.set()
+        gate.open.set()
         assert await asyncio.gather(*first, *second) == [2, 3, 4, 5, 6]
-    finally:
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
-        await client.aclose()
 
 
-async def test_batches_in_flight_that_meet_a_flushed_script_cache_run_again_in_order(
+async def test_a_lone_caller_arriving_while_a_batch_is_written_queues_behind_it(
+    redis_url: str, prefix: str, replies_via: str
+) -> None:
+    key = prefix + "counter"
+    async with running_pipe(redis_url) as (pipe, _, _):
+        assert await pipe.call([key], []) == 1  # connects
+        conn = pipe._conn
+        real = conn.send_packed_command
+        gate = Gate()
+        writes = 0
+
+        async def second_write_held(*args: Any, **kwargs: Any) -> Any:
+            nonlocal writes
+            writes += 1
+            if writes == 2:  # the writer's batch
+                gate.reached.set()
+                await gate.open.wait()
+            return await real(*args, **kwargs)
+
+        conn.send_packed_command = second_write_held
+        # The first goes directly; the second is the writer's batch, held mid-write.
+        calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
+        await asyncio.wait_for(gate.reached.wait(), 5)
+        assert await calls[0] == 2
+        assert pipe._writing
+        # Nothing queued, nothing busy, yet the connection is being written: a
+        # caller arriving now must queue, not make a round trip of its own (its
+        # reply would be taken for the batch's).
+        late = asyncio.ensure_future(pipe.call([key], []))
+        await asyncio.sleep(0)
+        assert len(pipe._queue) == 1 and not pipe._busy
+        gate.open.set()
+        assert await asyncio.gather(calls[1], late) == [3, 4]
+
+
+async def test_flushed_script_cache_with_batches_in_flight_runs_them_again_in_order(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    pipe = CommitPipe(
-        client, "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
-    )
-    pipe.open()
-    writer = asyncio.ensure_future(pipe.run())
     key = prefix + "list"
-    real = pipe._write
-    flushed = False
-
-    async def flush_first(batch: list[Any]) -> None:
-        nonlocal flushed
-        if not flushed:
-            flushed = True
-            await client.script_flush()
-        await real(batch)
-
-    monkeypatch.setattr(pipe, "_write", flush_first)
-    try:
-        # The first goes directly; the rest meet an empty script cache, are loaded
-        # and run again, in the order they called.
-        results = await asyncio.gather(*(pipe.call([key], [n]) for n in range(6)))
-        assert results == [1, 2, 3, 4, 5, 6]
-        assert flushed
-        assert await client.lrange(key, 0, -1) == [str(n) for n in range(6)]
-        more = await asyncio.gather(*(pipe.call([key], [n]) for n in range(6, 9)))
-        assert more == [7, 8, 9]
-    finally:
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+    script = "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
+    async with running_pipe(redis_url, script) as (pipe, client, _):
+        gate = hold_replies(monkeypatch)
+        assert await pipe.call([key], ["a0"]) == 1  # directly; loads the script
+        # a1 goes directly; a2, a3 are batch A, run before the flush.
+        calls = [asyncio.ensure_future(pipe.call([key], [f"a{n}"])) for n in (1, 2, 3)]
+        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "batch A written")
+        await client.script_flush()
+        # Batches B and C meet the empty cache; D arrives while they wait to run again.
+        calls += [asyncio.ensure_future(pipe.call([key], [f"b{n}"])) for n in range(2)]
+        await wait_for(lambda: len(pipe._in_flight) == 4, 5, "batch B written")
+        calls += [asyncio.ensure_future(pipe.call([key], [f"c{n}"])) for n in range(2)]
+        await wait_for(lambda: len(pipe._in_flight) == 6, 5, "batch C written")
+        gate.open.set()
+        # D queues behind B and C (written after them: it meets NOSCRIPT too, or
+        # waits while they run again).
+        calls += [asyncio.ensure_future(pipe.call([key], [f"d{n}"])) for n in range(2)]
+        results = await asyncio.gather(*calls)
+        assert results == list(range(2, 11))
+        assert await client.lrange(key, 0, -1) == [
+            "a0",
+            "a1",
+            "a2",
+            "a3",
+            "b0",
+            "b1",
+            "c0",
+            "c1",
+            "d0",
+            "d1",
+        ]
+        assert await pipe.call([key], ["e"]) == 11
         await client.delete(key)
-        await client.aclose()
 
 
 async def test_a_connection_lost_with_batches_in_flight_fails_them_all_and_reconnects(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    key = "counter"
+    async with running_pipe(private_redis.url) as (pipe, _, _):
+        gate = hold_replies(monkeypatch)  # the reader's reads wait
+        assert await pipe.call([key], []) == 1
+        # One directly; then batch A, which Redis answers (the replies wait unread).
+        answered = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(3)]
+        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "batch A written")
+        assert await answered[0] == 2
+        assert private_redis.process is not None
+        private_redis.process.send_signal(signal.SIGSTOP)  # Redis stops answering
+        lost = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
+        await wait_for(lambda: len(pipe._in_flight) == 4, 5, "batch B written")
+        first_connection = pipe._conn
+        private_redis.kill()  # the connection ends with B unanswered
+        gate.open.set()
+        results = await asyncio.wait_for(asyncio.gather(*lost, return_exceptions=True), 10)
+        assert all(isinstance(r, ConnectionError | OSError | RedisError) for r in results), results
+        # A's replies reached this host before the end: each was read, or (when the
+        # reset discarded them) failed with the connection. Nobody waits.
+        early = await asyncio.gather(*answered[1:], return_exceptions=True)
+        assert all(r in (3, 4) or isinstance(r, ConnectionError | OSError) for r in early), early
+        assert not pipe._in_flight and not pipe._busy and pipe._conn is not first_connection
+        private_redis.start()  # empty: the pipe reconnects and loads its script
+        assert await pipe.call([key], []) == 1
+        more = await asyncio.gather(*(pipe.call([key], []) for _ in range(5)))
+        assert more == [2, 3, 4, 5, 6]
+
+
+async def test_a_read_failure_with_the_pipe_full_lets_the_queue_go_out(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    pipe = CommitPipe(client, "return redis.call('INCR', KEYS[1])")
-    pipe.open()
-    writer = asyncio.ensure_future(pipe.run())
     key = prefix + "counter"
-    gate = asyncio.Event()
-    real = pipe._some_replies
-    lost = False
+    async with running_pipe(redis_url, max_in_flight=2) as (pipe, _, _):
+        real = _redis_commit._some_replies
+        gate = Gate()
+        failed = False
 
-    async def cut_once() -> list[Any]:
-        nonlocal lost
-        await gate.wait()
-        if not lost:
-            lost = True
-            raise RedisConnectionError("Connection closed by server.")
-        return await real()
+        async def fail_once(*args: Any) -> list[Any]:
+            nonlocal failed
+            gate.reached.set()
+            await gate.open.wait()
+            if not failed:
+                failed = True
+                raise RedisConnectionError("Connection closed by server.")
+            return await real(*args)
 
-    monkeypatch.setattr(pipe, "_some_replies", cut_once)
-    try:
+        monkeypatch.setattr(_redis_commit, "_some_replies", fail_once)
         assert await pipe.call([key], []) == 1
-        # The first goes directly; then two batches go out, their replies unread.
-        calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(3)]
-        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "the first batch written")
+        calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(5)]
+        # One directly, two in flight (the cap), two queued with no room.
+        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "the pipe full")
         assert await calls[0] == 2
-        calls += [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
-        await wait_for(lambda: len(pipe._in_flight) == 4, 5, "the second batch written")
-        first_connection = pipe._conn
-        gate.set()  # reading fails: the connection is lost with four replies unread
+        assert len(pipe._queue) == 2
+        gate.open.set()
         results = await asyncio.gather(*calls[1:], return_exceptions=True)
-        assert all(isinstance(r, RedisConnectionError) for r in results), results
-        assert not pipe._in_flight and pipe._conn is None
-        # Each of them ran or not, atomically; the pipe reconnects and the next
-        # commit takes the next number either way.
-        after = await pipe.call([key], [])
-        assert pipe._conn is not first_connection
-        assert after == int(await client.get(key))
-    finally:
+        assert all(isinstance(r, RedisConnectionError) for r in results[:2])
+        # The queued two went out on a new connection, after the failure.
+        assert all(isinstance(r, int) for r in results[2:]), results
+
+
+async def test_stopping_mid_write_or_mid_rerun_leaves_no_caller_waiting(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = prefix + "counter"
+    async with running_pipe(redis_url) as (pipe, _, writer):
+        assert await pipe.call([key], []) == 1
+        conn = pipe._conn
+        real = conn.send_packed_command
+        gate = Gate()
+        writes = 0
+
+        async def second_write_held(*args: Any, **kwargs: Any) -> Any:
+            nonlocal writes
+            writes += 1
+            if writes == 2:  # the writer's batch
+                gate.reached.set()
+                await gate.open.wait()
+            return await real(*args, **kwargs)
+
+        conn.send_packed_command = second_write_held
+        calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(3)]
+        await asyncio.wait_for(gate.reached.wait(), 5)  # the writer's batch, held
+        assert await calls[0] == 2
         writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
-        await client.aclose()
+        results = await asyncio.wait_for(asyncio.gather(*calls[1:], return_exceptions=True), 5)
+        assert all(isinstance(r, ConnectionError) for r in results), results
+    script = "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
+    async with running_pipe(redis_url, script) as (pipe, client, writer):
+        replies = hold_replies(monkeypatch)
+        assert await pipe.call([key + "l"], ["x"]) == 1
+        calls = [asyncio.ensure_future(pipe.call([key + "l"], [n])) for n in range(3)]
+        await wait_for(lambda: len(pipe._in_flight) == 2, 5, "a batch in flight")
+        await client.script_flush()
+        calls += [asyncio.ensure_future(pipe.call([key + "l"], [n])) for n in range(2)]
+        await wait_for(lambda: len(pipe._in_flight) == 4, 5, "a batch meeting NOSCRIPT")
+        rerun = Gate()
+        monkeypatch.setattr(pipe, "_execute", rerun.hold(pipe._execute))
+        replies.open.set()
+        await asyncio.wait_for(rerun.reached.wait(), 5)  # the re-run, held
+        writer.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*calls[3:], return_exceptions=True), 5)
+        assert all(isinstance(r, ConnectionError) for r in results), results
+        await client.delete(key + "l")

@@ -8,8 +8,9 @@ import json
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 
 from router import EventRouter, new_run_id, new_thread_id
 from router.backends import redis as redis_backend
@@ -48,8 +49,22 @@ async def test_error_replies_come_back_in_their_place() -> None:
     assert isinstance(replies[0], NoScriptError)
     assert str(replies[0]) == "No matching script."
     assert replies[1] == 1
-    assert type(replies[2]) is ResponseError and str(replies[2]) == "ERR wrong"
+    # As redis-py would raise them: its classes, its wording.
+    assert type(replies[2]) is ResponseError and str(replies[2]) == "wrong"
     assert replies[3] == 2
+
+
+async def test_a_reply_that_means_the_connection_is_unusable_raises() -> None:
+    # LOADING: redis-py drops the connection for it; so does every reader of it.
+    reader = ReplyReader(feed([b":1\r\n-LOADING Redis is loading\r\n:2\r\n"]), encoding=None)
+    with pytest.raises(BusyLoadingError):
+        await reader.read(3)
+
+
+async def test_a_resp3_false_is_a_reply_and_pushes_are_not() -> None:
+    stream = feed([b"#f\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n:1\r\n"])
+    reader = ReplyReader(stream, encoding="utf-8")
+    assert await reader.read(2) == [False, 1]
 
 
 async def test_read_waits_for_exactly_its_count_across_reads() -> None:
@@ -108,3 +123,78 @@ async def test_the_subscription_delivers_in_order_either_way(
         assert [f["seq"] for f in frames] == list(range(1, 202))
         assert [f["payload"]["reasoning"] for f in frames[1:]] == [f"step {n}" for n in range(200)]
         close_connection(conn)
+
+
+@pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
+async def test_a_gap_a_repeat_and_a_step_back_in_one_read(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    # Messages handled in order within one read of the subscription: the in-order
+    # ones at once, a gap through history, a repeat and a seq that went back dropped.
+    if replies_via == "redis-py":
+        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
+    async with EventRouter(
+        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
+    ) as router:
+        thread = new_thread_id("replies")
+        await router.threads.create(thread, "alice")
+        conn = open_connection(router, "alice")
+        await router.backend.watch("alice")
+        run_id = new_run_id(thread)
+        assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+        frames: list[dict[str, Any]] = []
+
+        def arrived(count: int) -> Any:
+            def check() -> bool:
+                frames.extend(json.loads(raw) for raw in conn.take_queued())
+                return len(frames) >= count
+
+            return check
+
+        await wait_for(arrived(1), 10, "agent_started")
+
+        def message(seq: int, text: str) -> str:
+            frame = {"type": "custom", "seq": seq, "thread_id": thread, "payload": {"t": text}}
+            return f"{seq} {thread} {json.dumps(frame)}"
+
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                channel = prefix + "u:alice"
+                for seq, text in ((2, "two"), (4, "four"), (4, "again"), (3, "late"), (5, "five")):
+                    pipe.publish(channel, message(seq, text))
+                await pipe.execute()
+        finally:
+            await client.aclose()
+        await wait_for(arrived(4), 10, "the injected frames")
+        await asyncio.sleep(0)
+        frames.extend(json.loads(raw) for raw in conn.take_queued())
+        # 3 was never in history (it was only published): the gap heals with what
+        # history has, and 3 arriving after 4 is behind: dropped.
+        assert [(f["seq"], f["payload"].get("t")) for f in frames] == [
+            (1, None),
+            (2, "two"),
+            (4, "four"),
+            (5, "five"),
+        ]
+        close_connection(conn)
+
+
+async def test_an_unwatched_user_is_forgotten_by_the_subscription(
+    redis_url: str, prefix: str
+) -> None:
+    async with EventRouter(
+        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
+    ) as router:
+        backend: Any = router.backend
+        await wait_for(lambda: backend.subscribed, 10, "the subscription up")
+        await backend.watch("alice")
+        channel = prefix + "u:alice"
+        assert channel in backend._pubsub.channels
+        backend.unwatch("alice")
+        await wait_for(
+            lambda: channel not in backend._pubsub.channels
+            and channel not in backend._pubsub.pending_unsubscribe_channels,
+            10,
+            "the unsubscribe confirmed",
+        )

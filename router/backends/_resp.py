@@ -19,7 +19,7 @@ import asyncio
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 
 hiredis: Any
 try:
@@ -30,62 +30,85 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
 __all__ = ["ReplyReader", "reply_reader"]
 
 _READ_SIZE = 65536
+#: What the parser returns while a reply is incomplete (``False`` is a RESP3 reply).
+_MISSING = object()
+
+
+def _parse_error(message: str) -> ResponseError:
+    """An error reply as a value, of the class redis-py would raise for it."""
+    return ResponseError(message) if _redis_errors is None else _redis_errors(message)
+
+
+try:  # redis-py's own mapping (NOSCRIPT, LOADING, READONLY, ...): the same classes
+    from redis._parsers import BaseParser
+
+    _redis_errors: Any = BaseParser.parse_error
+except ImportError:  # pragma: no cover - a redis-py without it
+    _redis_errors = None
 
 
 class ReplyReader:
     """Every complete reply available after one read of the socket."""
 
-    __slots__ = ("_gets", "_parser", "_stream")
+    __slots__ = ("_gets", "_parser", "_push", "_stream")
 
     def __init__(
         self, stream: asyncio.StreamReader, *, encoding: str | None, errors: str = "strict"
     ) -> None:
         self._stream = stream
         assert hiredis is not None
-        # Error replies come back as values (ResponseError), not raised: a batch
-        # of replies is read whole, whatever some of them say.
-        self._parser = hiredis.Reader(replyError=ResponseError, encoding=encoding, errors=errors)
+        # Error replies come back as values (of redis-py's classes), not raised: a
+        # batch of replies is read whole, whatever some of them say.
+        options: dict[str, Any] = {
+            "protocolError": InvalidResponse,
+            "replyError": _parse_error,
+            "notEnoughData": _MISSING,
+        }
+        if encoding is not None:
+            options.update(encoding=encoding, errors=errors)
+        self._parser = hiredis.Reader(**options)
         self._gets = self._parser.gets
+        # RESP3 pushes (client tracking, maintenance notices) are not replies.
+        self._push: Any = getattr(hiredis, "PushNotification", None)
 
     async def replies(self) -> list[Any]:
         """At least one reply: all those complete in the buffer, reading once more
         from the socket when there are none."""
-        gets = self._gets
-        reply = gets()
-        while reply is False:
-            await self._fill()
-            reply = gets()
-        found = [_checked(reply)]
-        reply = gets()
-        while reply is not False:
-            found.append(_checked(reply))
-            reply = gets()
+        found: list[Any] = []
+        while not found:
+            self._take(found, None)
+            if not found:
+                await self._fill()
         return found
 
     async def read(self, count: int) -> list[Any]:
         """Exactly ``count`` replies, in order."""
-        gets = self._gets
         found: list[Any] = []
+        self._take(found, count)
         while len(found) < count:
-            reply = gets()
-            if reply is False:
-                await self._fill()
-                continue
-            found.append(_checked(reply))
+            await self._fill()
+            self._take(found, count)
         return found
+
+    def _take(self, found: list[Any], limit: int | None) -> None:
+        gets = self._gets
+        push = self._push
+        while limit is None or len(found) < limit:
+            reply = gets()
+            if reply is _MISSING:
+                return
+            if push is not None and type(reply) is push:
+                continue
+            if isinstance(reply, RedisConnectionError):
+                # LOADING and the like: redis-py drops the connection for these.
+                raise reply
+            found.append(reply)
 
     async def _fill(self) -> None:
         data = await self._stream.read(_READ_SIZE)
         if not data:
             raise RedisConnectionError("Connection closed by server.")
         self._parser.feed(data)
-
-
-def _checked(reply: Any) -> Any:
-    if type(reply) is ResponseError and str(reply).startswith("NOSCRIPT"):
-        # As redis-py words it: the script cache was flushed.
-        return NoScriptError(str(reply).removeprefix("NOSCRIPT "))
-    return reply
 
 
 def reply_reader(conn: Any) -> ReplyReader | None:

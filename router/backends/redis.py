@@ -516,6 +516,11 @@ class RedisBackend:
                         event = self._confirmed.get(channel[prefix_len:])
                         if event is not None:
                             event.set()
+                elif kind == "unsubscribe":
+                    # What PubSub's own reader would do: forget the channel (it
+                    # would otherwise keep every user ever unwatched).
+                    pubsub.channels.pop(channel, None)
+                    pubsub.pending_unsubscribe_channels.discard(channel)
 
     def _deliver_now(self, user_id: str, data: str) -> bool:
         """Handle a message that needs nothing awaited: the next seq of its thread
