@@ -103,7 +103,7 @@ def _split_system(system: str, variants: dict[str, Path]) -> tuple[str, Path | N
 #: ``router:redis``: this tree's router on the Redis backend given with ``--redis``.
 REDIS_LABEL = "redis"
 #: The scenarios that get a router:redis row when --redis is given.
-REDIS_SCENARIOS = ("small", "fan", "paced", "agents")
+REDIS_SCENARIOS = ("small", "fan", "paced", "agents", "inproc-agents")
 _REDIS: dict[str, str] = {}
 
 
@@ -299,6 +299,10 @@ def run_inproc(
         for system in systems[shift:] + systems[:shift]:
             _, tree = _split_system(system, variants)
             config = {"scenario": single, "cpu": SERVER_CPU if pin else -1}
+            if system == f"router:{REDIS_LABEL}":
+                config.update(
+                    backend=_REDIS["url"], prefix=_REDIS["prefix"], redis_pid=_redis_pid_of(system)
+                )
             result = _child("benchmarks.inproc", config, timeout, tree)
             data = raw["systems"].setdefault(system, {"reps": [], "setup": {}, "errors": []})
             if result.get("error"):
@@ -542,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario = Scenario(**{**scenario.to_dict(), "systems": scenario.systems + extra})
         log(f"{name}: {scenario.description} ({scenario.reps} reps)")
         begun = time.monotonic()
-        if scenario.kind == "inproc":
+        if scenario.kind.startswith("inproc"):
             raw = run_inproc(scenario, pin=pin, timeout=args.timeout, variants=variants)
         else:
             raw = run_socket_scenario(
@@ -557,14 +561,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_row = summary["systems"].get(f"router:{REDIS_LABEL}")
         if redis_row and redis_row.get("reps") and summary["systems"].get("router"):
             memory_row = summary["systems"]["router"]
+            metrics = (
+                ("published_per_s", "cpu_us_per_publish")
+                if scenario.kind == "inproc-agents"
+                else ("delivered_per_s", "latency_p99_ms", "server_cpu_us_per_event")
+            )
             summary["redis_vs_memory"] = {
-                metric: _paired(redis_row, memory_row, metric)
-                for metric in ("delivered_per_s", "latency_p99_ms", "server_cpu_us_per_event")
+                metric: _paired(redis_row, memory_row, metric) for metric in metrics
             }
-            # What the CPUs allow, for runs as fast as they go (a paced run keeps pace).
+            summary["redis_vs_memory"]["redis_cpu_us_per_event"] = redis_row["median"].get(
+                "redis_cpu_us_per_event"
+            )
+            # What the CPUs allow, for socket runs as fast as they go (a paced run
+            # keeps pace).
             budget = (
                 _cpu_budget(redis_row["median"], memory_row["median"])
-                if scenario.kind != "paced"
+                if scenario.kind in ("flood", "agents")
                 else None
             )
             if budget:

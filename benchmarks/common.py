@@ -72,7 +72,8 @@ class Scenario:
     name: str
     #: "flood" (one loop publishes round after round to every thread), "agents" (one
     #: task per thread publishes its own events, as concurrent agents do), "paced",
-    #: "inproc"
+    #: "inproc" (no sockets: one loop publishes), "inproc-agents" (no sockets: one task
+    #: per thread)
     kind: str
     users: int
     conns_per_user: int
@@ -154,6 +155,16 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
                 systems=("router",),
                 description="publish to 100 users x 2 in-memory connections, no sockets",
             ),
+            "inproc-agents": Scenario(
+                "inproc-agents",
+                "inproc-agents",
+                users=50,
+                conns_per_user=1,
+                reps=reps,
+                per_thread=40,
+                systems=("router",),
+                description="50 agent tasks publish to 50 in-memory connections, no sockets",
+            ),
         }
     return {
         "small": Scenario(
@@ -216,6 +227,16 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             per_thread=1000,
             systems=("router",),
             description="publish to 100 users x 2 in-memory connections, no sockets",
+        ),
+        "inproc-agents": Scenario(
+            "inproc-agents",
+            "inproc-agents",
+            users=50,
+            conns_per_user=1,
+            reps=reps,
+            per_thread=400,
+            systems=("router",),
+            description="50 agent tasks publish to 50 in-memory connections, no sockets",
         ),
     }
 

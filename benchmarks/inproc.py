@@ -28,7 +28,7 @@ from router import EventRouter, new_connection_id, new_run_id, new_thread_id
 from router.connections import Connection
 from router.events import prepare_frame, read_event
 
-from .common import AGENT_NAME, SERVER_CPU, bench_event, median, pin_to
+from .common import AGENT_NAME, SERVER_CPU, bench_event, cpu_ns, median, pin_to
 
 
 async def _setup(
@@ -167,8 +167,137 @@ def _floors(repeat: int = 20000) -> dict[str, float]:
     return figures
 
 
+async def _agents_rep(
+    per_thread: int, users: int, per_user: int, options: dict[str, Any], redis_pid: int | None
+) -> dict[str, Any]:
+    """One task per thread publishes its own events, as concurrent agents do; each
+    connection's frames are taken as its writer would take them. Timed from the first
+    publish to the last frame taken (on Redis, frames arrive through the subscription)."""
+    router = EventRouter(dead_letters="memory://", **options)
+    await router.start()
+    try:
+        targets: list[tuple[str, str, str]] = []
+        conns: list[Connection] = []
+        for index in range(users):
+            user = f"user{index:04d}"
+            thread_id = str(await router.threads.create(new_thread_id("bench"), user))
+            run_id = new_run_id(thread_id)
+            for _ in range(per_user):
+                conn = router.connect(user, new_connection_id())
+                conn.opened()
+                conn.threads = {thread_id}
+                await router.attach(conn)
+                conns.append(conn)
+            started = await router.publish(
+                {"type": "agent_started", "run_id": run_id, "agent_name": AGENT_NAME}
+            )
+            if not started.accepted:
+                raise RuntimeError(f"agent_started rejected: {started.reason}")
+            targets.append((user, thread_id, run_id))
+        received: dict[Connection, list[str]] = {conn: [] for conn in conns}
+        for conn in conns:  # agent_started, through whichever path
+            while not received[conn]:
+                batch = await asyncio.wait_for(conn.next_batch(), 30)
+                received[conn].extend(batch or ())
+            received[conn].clear()
+        rejected = 0
+
+        async def agent(user: str, run_id: str) -> None:
+            nonlocal rejected
+            for n in range(per_thread):
+                if not (await router.publish(bench_event(run_id, user, n, 0))).accepted:
+                    rejected += 1
+
+        async def drain(conn: Connection) -> None:
+            frames = received[conn]
+            while len(frames) < per_thread:
+                batch = await conn.next_batch()
+                if batch is None:
+                    return
+                frames.extend(batch)
+
+        redis0 = cpu_ns(redis_pid) if redis_pid else 0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(agent(user, run_id) for user, _, run_id in targets),
+                *(drain(conn) for conn in conns),
+            ),
+            120,
+        )
+        elapsed = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+        redis_cpu = (cpu_ns(redis_pid) - redis0) / 1e9 if redis_pid else None
+        published = per_thread * len(targets)
+        owner = {thread_id: user for user, thread_id, _ in targets}
+        delivered = lost = leaks = order_errors = 0
+        for conn, frames in received.items():
+            next_seq = 2
+            for raw in frames:
+                frame = json.loads(raw)
+                if owner.get(frame["thread_id"]) != conn.user_id or (
+                    frame["payload"]["data"]["u"] != conn.user_id
+                ):
+                    leaks += 1
+                    continue
+                if frame["seq"] != next_seq:
+                    order_errors += 1
+                next_seq = frame["seq"] + 1
+                delivered += 1
+            lost += max(0, per_thread - len(frames))
+        return {
+            "verified": rejected == 0
+            and lost == 0
+            and leaks == 0
+            and order_errors == 0
+            and delivered == published * per_user,
+            "published": published,
+            "delivered": delivered,
+            "rejected": rejected,
+            "lost": lost,
+            "leaks": leaks,
+            "order_errors": order_errors,
+            "seconds": elapsed,
+            "published_per_s": published / elapsed,
+            "delivered_per_s": delivered / elapsed,
+            "us_per_publish": elapsed / published * 1e6,
+            "cpu_us_per_publish": cpu / published * 1e6,
+            "redis_cpu_us_per_event": (
+                redis_cpu / published * 1e6 if redis_cpu is not None else None
+            ),
+        }
+    finally:
+        await router.stop()
+
+
 async def run(config: dict[str, Any]) -> dict[str, Any]:
     scenario = config["scenario"]
+    if scenario["kind"] == "inproc-agents":
+        options: dict[str, Any] = {}
+        if config.get("backend"):
+            options = {
+                "backend": config["backend"],
+                "backend_options": {"prefix": config["prefix"]},
+            }
+        reps = []
+        for index in range(scenario["reps"]):
+            rep = await _agents_rep(
+                scenario["per_thread"],
+                scenario["users"],
+                scenario["conns_per_user"],
+                options,
+                config.get("redis_pid"),
+            )
+            print(
+                f"[inproc-agents] rep {index + 1}: {rep['published_per_s']:,.0f} published/s, "
+                f"{rep['cpu_us_per_publish']:.1f} us CPU/publish, "
+                f"{'verified' if rep['verified'] else 'FAILED'}",
+                file=sys.stderr,
+                flush=True,
+            )
+            reps.append(rep)
+        setup = {"router_package": os.path.dirname(router.__file__)}
+        return {"systems": {"router": {"reps": reps, "setup": setup, "errors": []}}}
     reps = []
     for index in range(scenario["reps"]):
         rep = await _rep(scenario["per_thread"], scenario["users"], scenario["conns_per_user"])

@@ -92,7 +92,7 @@ def render(results: dict[str, Any], out: IO[str]) -> None:
         "Medians over the repetitions; ratios are router/baseline, paired per repetition.\n\n"
     )
     header = (
-        f"{'scenario':<8} {'system':<20} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'scenario':<13} {'system':<20} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'CPU us/ev':>10} {'peak RSS MiB':>12} {'KiB/idle':>9} {'verified':>9}\n"
     )
     out.write(header)
@@ -101,9 +101,9 @@ def render(results: dict[str, Any], out: IO[str]) -> None:
         for system, data in scenario["systems"].items():
             med = data.get("median", {})
             title = data.get("title", system)
-            if name == "inproc":
+            if name.startswith("inproc"):
                 out.write(
-                    f"{name:<8} {title:<20} {_n(med.get('published_per_s')):>10} "
+                    f"{name:<13} {title:<20} {_n(med.get('published_per_s')):>10} "
                     f"{'':>8} {'':>8} {_n(med.get('cpu_us_per_publish')):>10} {'':>12} "
                     f"{'':>9} {'yes' if data.get('verified') else 'NO':>9}\n"
                 )
@@ -111,7 +111,7 @@ def render(results: dict[str, Any], out: IO[str]) -> None:
             idle = data.get("setup", {}).get("idle", {}).get("kib_per_connection")
             peak = data.get("server_peak_rss_kib")
             out.write(
-                f"{name:<8} {title:<20} {_n(med.get('delivered_per_s')):>10} "
+                f"{name:<13} {title:<20} {_n(med.get('delivered_per_s')):>10} "
                 f"{_n(med.get('latency_p50_ms'), 2):>8} {_n(med.get('latency_p99_ms'), 2):>8} "
                 f"{_n(med.get('server_cpu_us_per_event')):>10} "
                 f"{_n(peak / 1024 if peak else None):>12} {_n(idle):>9} "
@@ -121,7 +121,13 @@ def render(results: dict[str, Any], out: IO[str]) -> None:
         for variant, ratios in scenario.get("variant_ratios", {}).items():
             parts.extend(_ratio_lines(variant, ratios))
         versus = scenario.get("redis_vs_memory")
-        if versus:
+        if versus and "published_per_s" in versus:
+            parts.append(
+                f"router:redis vs router (memory): publishes/s {_x(versus['published_per_s'])}, "
+                f"router CPU/publish {_x(versus.get('cpu_us_per_publish'))}, "
+                f"Redis CPU {_n(versus.get('redis_cpu_us_per_event'), 1)} us/publish"
+            )
+        elif versus:
             parts.append(
                 f"router:redis vs router (memory): events/s {_x(versus.get('delivered_per_s'))}, "
                 f"CPU/ev {_x(versus.get('server_cpu_us_per_event'))}, "
@@ -145,9 +151,9 @@ def render(results: dict[str, Any], out: IO[str]) -> None:
                 )
             )
         for part in parts:
-            out.write(f"{'':<8} {part}\n")
+            out.write(f"{'':<13} {part}\n")
         for error in scenario.get("errors", []):
-            out.write(f"{'':<8} ERROR {error}\n")
+            out.write(f"{'':<13} ERROR {error}\n")
         out.write("\n")
     out.write(f"{'target':<52} {'measured':>12} {'limit':>12}  status\n")
     for target in results.get("targets", []):

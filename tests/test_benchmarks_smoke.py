@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"small", "fan", "agents", "paced", "many", "inproc"}
+SCENARIOS = {"small", "fan", "agents", "paced", "many", "inproc", "inproc-agents"}
 
 
 @pytest.mark.timeout(180)
@@ -58,7 +58,7 @@ def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis
             "benchmarks",
             "--quick",
             "--scenarios",
-            "agents,small",
+            "agents,small,inproc-agents",
             "--redis",
             redis_url,
             "--out",
@@ -85,5 +85,9 @@ def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis
         assert budget["all_us"] == pytest.approx(
             budget["server_us"] + budget["client_us"] + budget["redis_us"]
         )
+    pipe = data["scenarios"]["inproc-agents"]
+    assert pipe["systems"]["router:redis"]["verified"], log
+    assert pipe["redis_vs_memory"]["published_per_s"] > 0
+    assert pipe["redis_vs_memory"]["redis_cpu_us_per_event"] > 0
     assert "router:redis CPU us/ev" in proc.stdout, log
     assert proc.returncode == 0, log
