@@ -81,43 +81,57 @@ async def _rep(per_thread: int, users: int, per_user: int) -> dict[str, Any]:
             cpu += time.process_time() - cpu0
             for conn in conns:
                 _drain(conn, received[conn])
-        published = per_thread * len(targets)
-        owner = {thread_id: user for user, thread_id, _ in targets}
-        delivered = lost = leaks = order_errors = 0
-        for conn, frames in received.items():
-            next_seq = 2  # seq 1 is the run's agent_started
-            for raw in frames:
-                frame = json.loads(raw)
-                if owner.get(frame["thread_id"]) != conn.user_id or (
-                    frame["payload"]["data"]["u"] != conn.user_id
-                ):
-                    leaks += 1
-                    continue
-                if frame["seq"] != next_seq:
-                    order_errors += 1
-                next_seq = frame["seq"] + 1
-                delivered += 1
-            lost += max(0, per_thread - len(frames))
-        return {
-            "verified": rejected == 0
-            and lost == 0
-            and leaks == 0
-            and order_errors == 0
-            and delivered == published * per_user,
-            "published": published,
-            "delivered": delivered,
-            "rejected": rejected,
-            "lost": lost,
-            "leaks": leaks,
-            "order_errors": order_errors,
-            "seconds": elapsed,
-            "published_per_s": published / elapsed,
-            "delivered_per_s": delivered / elapsed,
-            "us_per_publish": elapsed / published * 1e6,
-            "cpu_us_per_publish": cpu / published * 1e6,
-        }
+        return _figures(targets, received, per_thread, per_user, rejected, elapsed, cpu)
     finally:
         await router.stop()
+
+
+def _figures(
+    targets: list[tuple[str, str, str]],
+    received: dict[Connection, list[str]],
+    per_thread: int,
+    per_user: int,
+    rejected: int,
+    elapsed: float,
+    cpu: float,
+) -> dict[str, Any]:
+    """A repetition's figures, every frame checked for isolation, order and
+    completeness (seq 1 of each thread is its run's agent_started, not counted)."""
+    published = per_thread * len(targets)
+    owner = {thread_id: user for user, thread_id, _ in targets}
+    delivered = lost = leaks = order_errors = 0
+    for conn, frames in received.items():
+        next_seq = 2
+        for raw in frames:
+            frame = json.loads(raw)
+            if owner.get(frame["thread_id"]) != conn.user_id or (
+                frame["payload"]["data"]["u"] != conn.user_id
+            ):
+                leaks += 1
+                continue
+            if frame["seq"] != next_seq:
+                order_errors += 1
+            next_seq = frame["seq"] + 1
+            delivered += 1
+        lost += max(0, per_thread - len(frames))
+    return {
+        "verified": rejected == 0
+        and lost == 0
+        and leaks == 0
+        and order_errors == 0
+        and delivered == published * per_user,
+        "published": published,
+        "delivered": delivered,
+        "rejected": rejected,
+        "lost": lost,
+        "leaks": leaks,
+        "order_errors": order_errors,
+        "seconds": elapsed,
+        "published_per_s": published / elapsed,
+        "delivered_per_s": delivered / elapsed,
+        "us_per_publish": elapsed / published * 1e6,
+        "cpu_us_per_publish": cpu / published * 1e6,
+    }
 
 
 def _floors(repeat: int = 20000) -> dict[str, float]:
@@ -228,44 +242,11 @@ async def _agents_rep(
         elapsed = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         redis_cpu = (cpu_ns(redis_pid) - redis0) / 1e9 if redis_pid else None
-        published = per_thread * len(targets)
-        owner = {thread_id: user for user, thread_id, _ in targets}
-        delivered = lost = leaks = order_errors = 0
-        for conn, frames in received.items():
-            next_seq = 2
-            for raw in frames:
-                frame = json.loads(raw)
-                if owner.get(frame["thread_id"]) != conn.user_id or (
-                    frame["payload"]["data"]["u"] != conn.user_id
-                ):
-                    leaks += 1
-                    continue
-                if frame["seq"] != next_seq:
-                    order_errors += 1
-                next_seq = frame["seq"] + 1
-                delivered += 1
-            lost += max(0, per_thread - len(frames))
-        return {
-            "verified": rejected == 0
-            and lost == 0
-            and leaks == 0
-            and order_errors == 0
-            and delivered == published * per_user,
-            "published": published,
-            "delivered": delivered,
-            "rejected": rejected,
-            "lost": lost,
-            "leaks": leaks,
-            "order_errors": order_errors,
-            "seconds": elapsed,
-            "published_per_s": published / elapsed,
-            "delivered_per_s": delivered / elapsed,
-            "us_per_publish": elapsed / published * 1e6,
-            "cpu_us_per_publish": cpu / published * 1e6,
-            "redis_cpu_us_per_event": (
-                redis_cpu / published * 1e6 if redis_cpu is not None else None
-            ),
-        }
+        figures = _figures(targets, received, per_thread, per_user, rejected, elapsed, cpu)
+        figures["redis_cpu_us_per_event"] = (
+            redis_cpu / figures["published"] * 1e6 if redis_cpu is not None else None
+        )
+        return figures
     finally:
         await router.stop()
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,11 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"small", "fan", "agents", "paced", "many", "inproc", "inproc-agents"}
 
 
-@pytest.mark.timeout(180)
-def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
-    out = tmp_path / "bench" / "results.json"
+def run_quick(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any, str]:
+    """``python -m benchmarks --quick`` with ``args``: the process, its JSON, its log."""
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,7 +28,12 @@ def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
     )
     log = proc.stderr[-4000:] + proc.stdout[-2000:]
     assert out.is_file(), log
-    data = json.loads(out.read_text())
+    return proc, json.loads(out.read_text()), log
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
+    proc, data, log = run_quick(tmp_path / "bench" / "results.json")
     assert data["meta"]["quick"] is True
     assert set(data["scenarios"]) == SCENARIOS, log
     for name, scenario in data["scenarios"].items():
@@ -50,29 +55,13 @@ def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis_url: str) -> None:
-    out = tmp_path / "bench" / "redis.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--scenarios",
-            "agents,small,inproc-agents",
-            "--redis",
-            redis_url,
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
+    proc, data, log = run_quick(
+        tmp_path / "bench" / "redis.json",
+        "--scenarios",
+        "agents,small,inproc-agents",
+        "--redis",
+        redis_url,
     )
-    log = proc.stderr[-4000:] + proc.stdout[-2000:]
-    assert out.is_file(), log
-    data = json.loads(out.read_text())
     for name in ("agents", "small"):
         scenario = data["scenarios"][name]
         row = scenario["systems"]["router:redis"]

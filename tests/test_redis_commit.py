@@ -306,6 +306,26 @@ def hold_replies(monkeypatch: pytest.MonkeyPatch) -> Gate:
     return gate
 
 
+def hold_second_write(pipe: CommitPipe) -> Gate:
+    """The connection's next write goes through; the one after (the writer's batch,
+    once a lone caller has gone first) waits at the gate."""
+    conn = pipe._conn
+    real = conn.send_packed_command
+    gate = Gate()
+    writes = 0
+
+    async def second_write_held(*args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            gate.reached.set()
+            await gate.open.wait()
+        return await real(*args, **kwargs)
+
+    conn.send_packed_command = second_write_held
+    return gate
+
+
 @contextlib.asynccontextmanager
 async def running_pipe(
     url: str, script: str = "return redis.call('INCR', KEYS[1])", **options: Any
@@ -351,20 +371,7 @@ async def test_a_lone_caller_arriving_while_a_batch_is_written_queues_behind_it(
     key = prefix + "counter"
     async with running_pipe(redis_url) as (pipe, _, _):
         assert await pipe.call([key], []) == 1  # connects
-        conn = pipe._conn
-        real = conn.send_packed_command
-        gate = Gate()
-        writes = 0
-
-        async def second_write_held(*args: Any, **kwargs: Any) -> Any:
-            nonlocal writes
-            writes += 1
-            if writes == 2:  # the writer's batch
-                gate.reached.set()
-                await gate.open.wait()
-            return await real(*args, **kwargs)
-
-        conn.send_packed_command = second_write_held
+        gate = hold_second_write(pipe)
         # The first goes directly; the second is the writer's batch, held mid-write.
         calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(2)]
         await asyncio.wait_for(gate.reached.wait(), 5)
@@ -488,20 +495,7 @@ async def test_stopping_mid_write_or_mid_rerun_leaves_no_caller_waiting(
     key = prefix + "counter"
     async with running_pipe(redis_url) as (pipe, _, writer):
         assert await pipe.call([key], []) == 1
-        conn = pipe._conn
-        real = conn.send_packed_command
-        gate = Gate()
-        writes = 0
-
-        async def second_write_held(*args: Any, **kwargs: Any) -> Any:
-            nonlocal writes
-            writes += 1
-            if writes == 2:  # the writer's batch
-                gate.reached.set()
-                await gate.open.wait()
-            return await real(*args, **kwargs)
-
-        conn.send_packed_command = second_write_held
+        gate = hold_second_write(pipe)
         calls = [asyncio.ensure_future(pipe.call([key], [])) for _ in range(3)]
         await asyncio.wait_for(gate.reached.wait(), 5)  # the writer's batch, held
         assert await calls[0] == 2

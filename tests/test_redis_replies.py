@@ -4,7 +4,9 @@ subscription that reads them, with hiredis and through redis-py alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from router import EventRouter, new_run_id, new_thread_id
 from router.backends import redis as redis_backend
 from router.backends._resp import ReplyReader
+from router.connections import Connection
 
 from .conftest import wait_for
 from .helpers import close_connection, open_connection
@@ -84,12 +87,11 @@ async def test_a_closed_connection_is_a_connection_error() -> None:
         await reader.read(1)
 
 
-@pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
-async def test_the_subscription_delivers_in_order_either_way(
-    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
-) -> None:
-    if replies_via == "redis-py":
-        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
+@contextlib.asynccontextmanager
+async def alice_on_redis(
+    redis_url: str, prefix: str
+) -> AsyncIterator[tuple[EventRouter, Connection, str, str]]:
+    """A router on Redis; alice's connection, watched; her thread with a started run."""
     async with EventRouter(
         backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
     ) as router:
@@ -99,6 +101,19 @@ async def test_the_subscription_delivers_in_order_either_way(
         await router.backend.watch("alice")
         run_id = new_run_id(thread)
         assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+        try:
+            yield router, conn, thread, run_id
+        finally:
+            close_connection(conn)
+
+
+@pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
+async def test_the_subscription_delivers_in_order_either_way(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+) -> None:
+    if replies_via == "redis-py":
+        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
+    async with alice_on_redis(redis_url, prefix) as (router, conn, _, run_id):
         results = await asyncio.gather(
             *(
                 router.publish(
@@ -122,7 +137,6 @@ async def test_the_subscription_delivers_in_order_either_way(
         await wait_for(arrived, 20, "every frame through the subscription")
         assert [f["seq"] for f in frames] == list(range(1, 202))
         assert [f["payload"]["reasoning"] for f in frames[1:]] == [f"step {n}" for n in range(200)]
-        close_connection(conn)
 
 
 @pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
@@ -133,15 +147,7 @@ async def test_a_gap_a_repeat_and_a_step_back_in_one_read(
     # ones at once, a gap through history, a repeat and a seq that went back dropped.
     if replies_via == "redis-py":
         monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
-    async with EventRouter(
-        backend=redis_url, dead_letters="memory://", backend_options={"prefix": prefix}
-    ) as router:
-        thread = new_thread_id("replies")
-        await router.threads.create(thread, "alice")
-        conn = open_connection(router, "alice")
-        await router.backend.watch("alice")
-        run_id = new_run_id(thread)
-        assert await router.publish({"type": "agent_started", "run_id": run_id, "agent_name": "w"})
+    async with alice_on_redis(redis_url, prefix) as (_, conn, thread, _):
         frames: list[dict[str, Any]] = []
 
         def arrived(count: int) -> Any:
@@ -177,7 +183,6 @@ async def test_a_gap_a_repeat_and_a_step_back_in_one_read(
             (4, "four"),
             (5, "five"),
         ]
-        close_connection(conn)
 
 
 async def test_an_unwatched_user_is_forgotten_by_the_subscription(
@@ -193,8 +198,10 @@ async def test_an_unwatched_user_is_forgotten_by_the_subscription(
         assert channel in backend._pubsub.channels
         backend.unwatch("alice")
         await wait_for(
-            lambda: channel not in backend._pubsub.channels
-            and channel not in backend._pubsub.pending_unsubscribe_channels,
+            lambda: (
+                channel not in backend._pubsub.channels
+                and channel not in backend._pubsub.pending_unsubscribe_channels
+            ),
             10,
             "the unsubscribe confirmed",
         )
