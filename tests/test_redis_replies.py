@@ -87,6 +87,15 @@ async def test_a_closed_connection_is_a_connection_error() -> None:
         await reader.read(1)
 
 
+@pytest.fixture(params=["hiredis", "redis-py"])
+def replies_via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The subscription read many messages per socket read (hiredis), or one by one
+    through redis-py (where hiredis is missing)."""
+    if request.param == "redis-py":
+        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
 async def alice_on_redis(
     redis_url: str, prefix: str
@@ -107,12 +116,9 @@ async def alice_on_redis(
             close_connection(conn)
 
 
-@pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
 async def test_the_subscription_delivers_in_order_either_way(
-    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+    redis_url: str, prefix: str, replies_via: str
 ) -> None:
-    if replies_via == "redis-py":
-        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
     async with alice_on_redis(redis_url, prefix) as (router, conn, _, run_id):
         results = await asyncio.gather(
             *(
@@ -139,14 +145,11 @@ async def test_the_subscription_delivers_in_order_either_way(
         assert [f["payload"]["reasoning"] for f in frames[1:]] == [f"step {n}" for n in range(200)]
 
 
-@pytest.mark.parametrize("replies_via", ["hiredis", "redis-py"])
 async def test_a_gap_a_repeat_and_a_step_back_in_one_read(
-    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, replies_via: str
+    redis_url: str, prefix: str, replies_via: str
 ) -> None:
     # Messages handled in order within one read of the subscription: the in-order
     # ones at once, a gap through history, a repeat and a seq that went back dropped.
-    if replies_via == "redis-py":
-        monkeypatch.setattr(redis_backend, "reply_reader", lambda conn: None)
     async with alice_on_redis(redis_url, prefix) as (_, conn, thread, _):
         frames: list[dict[str, Any]] = []
 
