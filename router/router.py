@@ -398,15 +398,13 @@ class EventRouter:
         event_id = parsed.event_id or event_id or new_event_id()
         try:
             thread_id, user_id = self._read_ids(parsed)
-            owner = self.threads.known_owner(thread_id)
-            if owner is None:
-                try:
-                    owner = await self.threads.owner(thread_id)
-                except OwnerLookupFailed as exc:
-                    raise _Rejection(
-                        "backend_unavailable",
-                        f"{exc}; replay the event once the application's thread store answers",
-                    ) from None
+            try:
+                owner = await self.threads.owner(thread_id)
+            except OwnerLookupFailed as exc:
+                raise _Rejection(
+                    "backend_unavailable",
+                    f"{exc}; replay the event once the application's thread store answers",
+                ) from None
             if owner is None:
                 raise _Rejection(
                     "thread_not_found",

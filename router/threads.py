@@ -58,10 +58,6 @@ class MemoryThreadStore:
     async def owner(self, thread_id: str) -> UserId | None:
         return self._owners.get(thread_id)
 
-    def owner_now(self, thread_id: str) -> UserId | None:
-        """:meth:`owner` without awaiting (the store is a dict)."""
-        return self._owners.get(thread_id)
-
     async def delete(self, thread_id: str) -> bool:
         return self._owners.pop(thread_id, None) is not None
 
@@ -90,10 +86,6 @@ class ThreadRegistry:
         self._cache_size = cache_size
         self._cache: dict[str, tuple[UserId, float]] = {}
         self._use_cache = owner_of is not None or not getattr(store, "local", False)
-        # A local store answered at once: known_owner reads it without a coroutine.
-        self._owner_now: Callable[[str], UserId | None] | None = (
-            getattr(store, "owner_now", None) if not self._use_cache else None
-        )
 
     async def create(self, thread_id: Any, user_id: Any) -> ThreadId:
         """Register a new thread for ``user_id``; a no-op if that user owns it already.
@@ -118,16 +110,6 @@ class ThreadRegistry:
         if owner != user:
             raise NotThreadOwner(thread, user, owner)
         return owner
-
-    def known_owner(self, thread_id: str) -> UserId | None:
-        """The owner when it is known without waiting (a local store, or a fresh
-        cache entry); None means: ask :meth:`owner`. The publish path's shortcut."""
-        if self._owner_now is not None:
-            return self._owner_now(thread_id)
-        hit = self._cache.get(thread_id)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-        return None
 
     async def owner(self, thread_id: str) -> UserId | None:
         """The owner of a canonical thread id, or None when the thread is unknown."""

@@ -116,30 +116,6 @@ async def test_create_and_delete_invalidate_the_cache(clock: Clock) -> None:
         assert await router.threads.owner(thread) == "bob"  # asked again at once
 
 
-async def test_known_owner_answers_only_what_needs_no_waiting(clock: Clock) -> None:
-    # The publish path's shortcut: a local store is read at once; a store that
-    # leaves the process (or owner_of) only through a fresh cache entry.
-    local = EventRouter(dead_letters="memory://")
-    async with local:
-        thread = new_thread_id("app")
-        assert local.threads.known_owner(thread) is None
-        await local.threads.create(thread, "alice")
-        assert local.threads.known_owner(thread) == "alice"
-        await local.threads.delete(thread)
-        assert local.threads.known_owner(thread) is None
-    answers = {"owner": "alice"}
-    remote = EventRouter(dead_letters="memory://", owner_of=lambda t: answers["owner"])
-    async with remote:
-        thread = new_thread_id("app")
-        assert remote.threads.known_owner(thread) is None  # never asked yet
-        assert await remote.threads.owner(thread) == "alice"
-        assert remote.threads.known_owner(thread) == "alice"
-        clock.now += 10.0  # past cache_ttl: ask owner() again
-        answers["owner"] = "bob"
-        assert remote.threads.known_owner(thread) is None
-        assert await remote.threads.owner(thread) == "bob"
-
-
 def test_finished_runs_are_forgotten_after_run_ttl(clock: Clock) -> None:
     lifecycle = RunLifecycle(finished_ttl=60.0)
     for n in range(100):
