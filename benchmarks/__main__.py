@@ -370,7 +370,9 @@ def _cpu_budget(redis_row: dict[str, Any], memory_row: dict[str, Any]) -> dict[s
         return None
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_event = sum(parts)
-    ceiling = (cpus or 1) * 1e6 / per_event
+    # All three share the CPUs; the server and the load generator are one thread
+    # each, so neither can go faster than one CPU allows either.
+    ceiling = min((cpus or 1) * 1e6 / per_event, 1e6 / max(parts[0], parts[1]))
     return {
         "cpus": cpus,
         "server_us": parts[0],
@@ -507,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _REDIS.update(url=args.redis, prefix=f"bench:{os.getpid()}:{int(time.time())}:")
         pid = _redis_pid(args.redis)
         if pid is not None:
-            _REDIS["pid"] = str(pid)
+            _REDIS["pid"] = str(pid)  # (the dict holds strs: URL, prefix, pid)
     variants: dict[str, Path] = {}
     for item in args.variant:
         label, _, path = item.partition("=")

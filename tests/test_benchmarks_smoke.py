@@ -55,6 +55,14 @@ def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    local_redis = Path(f"/proc/{pid}/exe").exists()
     proc, data, log = run_quick(
         tmp_path / "bench" / "redis.json",
         "--scenarios",
@@ -68,15 +76,20 @@ def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis
         assert row["ok"] and row["verified"], (name, log)
         for rep in row["reps"]:
             assert rep["delivered"] == rep["expected"] > 0, (name, rep)
-            # Redis runs on this host: its CPU time is counted beside the server's.
-            assert rep["redis_cpu_us_per_event"] > 0, (name, rep)
+        if not local_redis:
+            continue  # Redis elsewhere (another host, a container): no CPU figures
+        # Redis runs on this host: its CPU time is counted beside the server's, and
+        # the ceiling follows from the three.
+        assert all(rep["redis_cpu_us_per_event"] > 0 for rep in row["reps"]), name
         budget = scenario["redis_vs_memory"]["cpu_budget"]
-        assert budget["all_us"] == pytest.approx(
-            budget["server_us"] + budget["client_us"] + budget["redis_us"]
-        )
+        memory_rate = scenario["systems"]["router"]["median"]["delivered_per_s"]
+        assert budget["ceiling_per_s"] <= budget["cpus"] * 1e6 / budget["all_us"] * 1.0001
+        assert budget["ceiling_per_s"] <= 1e6 / budget["server_us"] * 1.0001
+        assert budget["ceiling_vs_memory"] == pytest.approx(budget["ceiling_per_s"] / memory_rate)
     pipe = data["scenarios"]["inproc-agents"]
     assert pipe["systems"]["router:redis"]["verified"], log
     assert pipe["redis_vs_memory"]["published_per_s"] > 0
-    assert pipe["redis_vs_memory"]["redis_cpu_us_per_event"] > 0
-    assert "router:redis CPU us/ev" in proc.stdout, log
+    if local_redis:
+        assert pipe["redis_vs_memory"]["redis_cpu_us_per_event"] > 0
+        assert "router:redis CPU us/ev" in proc.stdout, log
     assert proc.returncode == 0, log

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,8 +150,10 @@ async def test_a_gap_a_repeat_and_a_step_back_in_one_read(
     redis_url: str, prefix: str, replies_via: str
 ) -> None:
     # Messages handled in order within one read of the subscription: the in-order
-    # ones at once, a gap through history, a repeat and a seq that went back dropped.
-    async with alice_on_redis(redis_url, prefix) as (_, conn, thread, _):
+    # ones at once, a gap healed from history, a repeat and a seq that went back
+    # dropped.
+    async with alice_on_redis(redis_url, prefix) as (router, conn, thread, _):
+        backend: Any = router.backend
         frames: list[dict[str, Any]] = []
 
         def arrived(count: int) -> Any:
@@ -162,30 +165,35 @@ async def test_a_gap_a_repeat_and_a_step_back_in_one_read(
 
         await wait_for(arrived(1), 10, "agent_started")
 
-        def message(seq: int, text: str) -> str:
-            frame = {"type": "custom", "seq": seq, "thread_id": thread, "payload": {"t": text}}
-            return f"{seq} {thread} {json.dumps(frame)}"
+        def frame(seq: int, text: str) -> str:
+            body = {"type": "custom", "seq": seq, "thread_id": thread, "payload": {"t": text}}
+            return json.dumps(body)
 
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        healed = backend.healed
         try:
+            # Seq 3 is in history but its message never came: 4 arrives after 2.
+            now_ms = int(time.time() * 1000)
+            await client.xadd(
+                prefix + "h:" + thread, {"f": frame(3, "three"), "t": now_ms}, id="3-1"
+            )
             async with client.pipeline(transaction=False) as pipe:
                 channel = prefix + "u:alice"
                 for seq, text in ((2, "two"), (4, "four"), (4, "again"), (3, "late"), (5, "five")):
-                    pipe.publish(channel, message(seq, text))
+                    pipe.publish(channel, f"{seq} {thread} {frame(seq, text)}")
                 await pipe.execute()
         finally:
             await client.aclose()
-        await wait_for(arrived(4), 10, "the injected frames")
-        await asyncio.sleep(0)
+        await wait_for(arrived(5), 10, "the injected frames")
         frames.extend(json.loads(raw) for raw in conn.take_queued())
-        # 3 was never in history (it was only published): the gap heals with what
-        # history has, and 3 arriving after 4 is behind: dropped.
         assert [(f["seq"], f["payload"].get("t")) for f in frames] == [
             (1, None),
             (2, "two"),
+            (3, "three"),  # from history
             (4, "four"),
             (5, "five"),
         ]
+        assert backend.healed == healed + 1
 
 
 async def test_an_unwatched_user_is_forgotten_by_the_subscription(

@@ -78,7 +78,8 @@ class CommitPipe:
         self._busy = False
         #: the writer is connecting or sending
         self._writing = False
-        #: writes made and scripts run (batching shows as runs > round_trips)
+        #: writes made (each a round trip when nothing else is in flight) and scripts
+        #: run (batching shows as runs > round_trips)
         self.round_trips = 0
         self.runs = 0
 
@@ -174,6 +175,8 @@ class CommitPipe:
         except Exception as exc:
             # Not connected (nothing written), or written in part: the connection is
             # dropped and what is in flight fails (unknown which of it ran).
+            if not isinstance(exc, RedisError | OSError):
+                logger.exception("writing commits failed")
             if not written:
                 _fail_entries(batch, exc)
             await self._fail(exc)
@@ -211,6 +214,8 @@ class CommitPipe:
                 replies = await _some_replies(conn, replies_of)
         except Exception as exc:
             if generation == self._generation:
+                if not isinstance(exc, RedisError | OSError):
+                    logger.exception("reading commit replies failed")
                 await self._fail(exc)
             return
         if generation != self._generation:
@@ -233,7 +238,8 @@ class CommitPipe:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
-        self._wakeup.set()
+        if self._queue:
+            self._wakeup.set()  # room in flight again (the writer may be at the cap)
 
     async def _run_again(self) -> None:
         """Load the script and run the commands that met NOSCRIPT, in their order.
@@ -255,8 +261,6 @@ class CommitPipe:
 
     async def _fail(self, exc: BaseException) -> None:
         """The connection failed: what is in flight fails with ``exc``; it is dropped."""
-        if not isinstance(exc, RedisError | OSError):
-            logger.error("commit connection failed: %r", exc)
         failed = [*self._in_flight, *self._rerun]
         self._in_flight.clear()
         self._rerun = []

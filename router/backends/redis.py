@@ -516,11 +516,12 @@ class RedisBackend:
                         event = self._confirmed.get(channel[prefix_len:])
                         if event is not None:
                             event.set()
-                elif kind == "unsubscribe":
+                elif kind == "unsubscribe" and channel in pubsub.pending_unsubscribe_channels:
                     # What PubSub's own reader would do: forget the channel (it
-                    # would otherwise keep every user ever unwatched).
-                    pubsub.channels.pop(channel, None)
+                    # would otherwise keep every user ever unwatched), unless it
+                    # was subscribed again meanwhile (subscribe clears the pending).
                     pubsub.pending_unsubscribe_channels.discard(channel)
+                    pubsub.channels.pop(channel, None)
 
     def _deliver_now(self, user_id: str, data: str) -> bool:
         """Handle a message that needs nothing awaited: the next seq of its thread
