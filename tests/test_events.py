@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -640,3 +641,53 @@ def _written(serialise: Any) -> bytes | str:
         return bytes(serialise())
     except ValueError as exc:
         return type(exc).__name__
+
+
+class _Ratio(float):
+    pass
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for n in range(depth):
+        value = [value] if n % 2 else {"k": value}
+    return value
+
+
+def _cycle() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _nested(63),
+        _nested(64),
+        _nested(65),
+        _nested(300),
+        OrderedDict(a=1, b=[2.5]),
+        {"r": _Ratio(0.5)},
+        [_Ratio(1.5)],
+        _cycle(),
+    ],
+    ids=[
+        "depth63",
+        "depth64",
+        "depth65",
+        "depth300",
+        "ordereddict",
+        "float-sub",
+        "list-sub",
+        "cycle",
+    ],
+)
+def test_json_fields_match_jsonvalue_at_the_edges(value: Any) -> None:
+    want = _outcome(_reference_json.validate_python, value)
+    got = _outcome(lambda v: CustomPayload(notification_type="n", data=v).data, value)
+    assert got[0] == want[0]
+    if want[0] == "ok":
+        assert got[1] == want[1]
+    else:
+        assert [kind for kind, _ in got[1]] == [kind for kind, _ in want[1]]
