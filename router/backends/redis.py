@@ -507,8 +507,11 @@ class RedisBackend:
                 if kind == "message":
                     if channel == probe:
                         self._probe_seen.set()
-                    elif not deliver_now(channel[prefix_len:], data):
-                        await self._on_message(channel[prefix_len:], data)
+                    else:
+                        user_id = channel[prefix_len:]
+                        pending = deliver_now(user_id, data)
+                        if pending is not None:
+                            await self._on_message(user_id, *pending)
                 elif kind == "subscribe":
                     if channel == probe:
                         await self._resubscribed()
@@ -523,14 +526,14 @@ class RedisBackend:
                     pubsub.pending_unsubscribe_channels.discard(channel)
                     pubsub.channels.pop(channel, None)
 
-    def _deliver_now(self, user_id: str, data: str) -> bool:
+    def _deliver_now(self, user_id: str, data: str) -> tuple[str, int, str] | None:
         """Handle a message that needs nothing awaited: the next seq of its thread
-        (delivered), a repeat (dropped), or one for a user no longer watched.
-        False leaves it to :meth:`_on_message` (a gap to heal, or a seq that went
-        backwards)."""
+        (delivered), a repeat (dropped), or one for a user no longer watched (None).
+        Otherwise (a gap to heal, or a seq that went backwards) the message, read, for
+        :meth:`_on_message`."""
         seen = self._seen.get(user_id)
         if seen is None:
-            return True
+            return None
         seq_text, _, rest = data.partition(" ")
         thread_id, _, frame = rest.partition(" ")
         seq = int(seq_text)
@@ -539,8 +542,8 @@ class RedisBackend:
             self._remember(seen, thread_id, seq)
             if self._hub is not None:
                 self._hub.deliver(user_id, thread_id, seq, frame)
-            return True
-        return seq == last
+            return None
+        return None if seq == last else (thread_id, seq, frame)
 
     async def _resubscribed(self) -> None:
         """The subscription is (back) up: check the epoch and heal what was missed."""
@@ -555,10 +558,8 @@ class RedisBackend:
         if lost_since is not None and self._watched:
             await self._heal_all(lost_since)
 
-    async def _on_message(self, user_id: str, data: str) -> None:
-        seq_text, _, rest = data.partition(" ")
-        thread_id, _, frame = rest.partition(" ")
-        seq = int(seq_text)
+    async def _on_message(self, user_id: str, thread_id: str, seq: int, frame: str) -> None:
+        """A message out of its thread's order (see :meth:`_deliver_now`)."""
         seen = self._seen.get(user_id)
         if seen is None:
             return
