@@ -5,6 +5,7 @@ reordered). Timings and targets are never judged here: benchmarks are not tests.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,20 @@ def test_quick_benchmarks_on_redis_add_verified_redis_rows(tmp_path: Path, redis
         assert pipe["redis_vs_memory"]["redis_cpu_us_per_event"] > 0
         assert "router:redis CPU us/ev" in proc.stdout, log
     assert proc.returncode == 0, log
+
+
+@pytest.mark.timeout(60)
+def test_profile_without_py_spy_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # nothing on it, py-spy least of all
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--profile", str(tmp_path / "p")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--profile needs py-spy" in proc.stderr
+    assert not (tmp_path / "p").exists()
