@@ -32,27 +32,38 @@ from .common import AGENT_NAME, SERVER_CPU, bench_event, cpu_ns, median, pin_to
 
 
 async def _setup(
-    router: EventRouter, users: int, per_user: int
+    router: EventRouter, users: int, per_user: int, *, attach: bool = False
 ) -> tuple[list[tuple[str, str, str]], list[Connection]]:
+    """One thread per user with a started run, and ``per_user`` connections each,
+    past the run's agent_started. ``attach``: connected the way the middleware does
+    (subscribed before the run starts, its frame taken), as a backend that delivers
+    through a subscription needs; otherwise added to the hub after it."""
     targets: list[tuple[str, str, str]] = []
     conns: list[Connection] = []
     for index in range(users):
         user = f"user{index:04d}"
         thread_id = str(await router.threads.create(new_thread_id("bench"), user))
         run_id = new_run_id(thread_id)
+        mine = [router.connect(user, new_connection_id()) for _ in range(per_user)]
+        for conn in mine:
+            conn.opened()
+            conn.threads = {thread_id}
+            if attach:
+                await router.attach(conn)
         started = await router.publish(
             {"type": "agent_started", "run_id": run_id, "agent_name": AGENT_NAME}
         )
         if not started.accepted:
             raise RuntimeError(f"agent_started rejected: {started.reason}")
         targets.append((user, thread_id, run_id))
-        for _ in range(per_user):
-            conn = router.connect(user, new_connection_id())
-            conn.opened()
-            conn.threads = {thread_id}
-            conn.last_sent[thread_id] = started.seq or 0
-            router.hub.add(conn)
-            conns.append(conn)
+        if not attach:
+            for conn in mine:
+                conn.last_sent[thread_id] = started.seq or 0
+                router.hub.add(conn)
+        conns.extend(mine)
+    for conn in conns if attach else ():
+        while not await asyncio.wait_for(conn.next_batch(), 30):  # its agent_started
+            pass
     return targets, conns
 
 
@@ -190,30 +201,8 @@ async def _agents_rep(
     router = EventRouter(dead_letters="memory://", **options)
     await router.start()
     try:
-        targets: list[tuple[str, str, str]] = []
-        conns: list[Connection] = []
-        for index in range(users):
-            user = f"user{index:04d}"
-            thread_id = str(await router.threads.create(new_thread_id("bench"), user))
-            run_id = new_run_id(thread_id)
-            for _ in range(per_user):
-                conn = router.connect(user, new_connection_id())
-                conn.opened()
-                conn.threads = {thread_id}
-                await router.attach(conn)
-                conns.append(conn)
-            started = await router.publish(
-                {"type": "agent_started", "run_id": run_id, "agent_name": AGENT_NAME}
-            )
-            if not started.accepted:
-                raise RuntimeError(f"agent_started rejected: {started.reason}")
-            targets.append((user, thread_id, run_id))
+        targets, conns = await _setup(router, users, per_user, attach=True)
         received: dict[Connection, list[str]] = {conn: [] for conn in conns}
-        for conn in conns:  # agent_started, through whichever path
-            while not received[conn]:
-                batch = await asyncio.wait_for(conn.next_batch(), 30)
-                received[conn].extend(batch or ())
-            received[conn].clear()
         rejected = 0
 
         async def agent(user: str, run_id: str) -> None:
