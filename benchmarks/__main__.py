@@ -346,7 +346,9 @@ def summarise(scenario: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
         "systems": systems,
         "ratios": _ratios(systems),
         "variant_ratios": {
-            name: _ratios(systems, name) for name in systems if name.startswith("router:")
+            name: _ratios(systems, name)
+            for name in systems
+            if name.startswith("router:") or name == "validated"
         },
         "ok": not errors and all(s["ok"] for s in systems.values()),
         "verified": all(s["verified"] for s in systems.values()),
@@ -396,9 +398,9 @@ def _ratios(systems: dict[str, Any], name: str = "router") -> dict[str, Any]:
     if not router or not router.get("reps"):
         return {}
     found: dict[str, Any] = {}
-    for base in ("bare", "socketio"):
+    for base in ("bare", "validated", "socketio"):
         other = systems.get(base)
-        if not other or not other.get("reps"):
+        if base == name or not other or not other.get("reps"):
             continue
         for metric in (
             "delivered_per_s",

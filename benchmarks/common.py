@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 SYSTEMS = ("bare", "socketio", "router")
+#: The flood scenarios also run the validation floor: bare plus the router's stage 1.
+FLOOD_SYSTEMS = ("bare", "validated", "socketio", "router")
 SYSTEM_TITLES = {
     "bare": "bare Starlette",
+    "validated": "bare + validation",
     "socketio": "python-socketio",
     "router": "agent-event-router",
 }
@@ -102,6 +105,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
                 conns_per_user=1,
                 reps=reps,
                 per_thread=300,
+                systems=FLOOD_SYSTEMS,
                 description="10 users x 1 connection, 300 events each, as fast as possible",
             ),
             "fan": Scenario(
@@ -111,6 +115,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
                 conns_per_user=2,
                 reps=reps,
                 per_thread=30,
+                systems=FLOOD_SYSTEMS,
                 description="100 users x 2 connections, 30 events each, as fast as possible",
             ),
             "paced": Scenario(
@@ -178,6 +183,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             reps=reps,
             per_thread=2000,
             warmup_per_thread=100,
+            systems=FLOOD_SYSTEMS,
             description="10 users x 1 connection, 2,000 events each, as fast as possible",
         ),
         "fan": Scenario(
@@ -187,6 +193,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             conns_per_user=2,
             reps=reps,
             per_thread=200,
+            systems=FLOOD_SYSTEMS,
             description="100 users x 2 connections, 200 events each, as fast as possible",
         ),
         "paced": Scenario(

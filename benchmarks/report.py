@@ -70,7 +70,7 @@ def _x(value: float | None) -> str:
 
 def _ratio_lines(name: str, ratios: dict[str, Any]) -> list[str]:
     lines = []
-    for base in ("bare", "socketio"):
+    for base in ("bare", "validated", "socketio"):
         if f"delivered_per_s_vs_{base}" in ratios:
             lines.append(
                 f"{name} vs {base}: events/s {_x(ratios[f'delivered_per_s_vs_{base}'])}, "

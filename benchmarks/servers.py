@@ -41,7 +41,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import router
-from router import EventRouter, EventRouterMiddleware, new_run_id, new_thread_id
+from router import EventRouter, EventRouterMiddleware, new_event_id, new_run_id, new_thread_id
+from router.events import MalformedEvent, prepare_frame, read_event
 
 from .common import AGENT_NAME, SERVER_CPU, bench_event, outbound_frame, pin_to, raise_nofile
 
@@ -218,6 +219,37 @@ class BareSystem(System):
 
     def routes(self) -> list[Any]:
         return [WebSocketRoute("/ws", self.endpoint)]
+
+
+class ValidatedSystem(BareSystem):
+    """The bare endpoint doing only what no validating router can skip: the router's
+    own stage 1 (``read_event``: schema and payload, the payload serialised) and its
+    frame (``prepare_frame``) in place of the bare ``json.dumps``. No id checks,
+    owner, lifecycle, history or outbox: sends are still inline. Its CPU per event
+    bounds from below what any router validating with these models can reach."""
+
+    name = "validated"
+
+    async def emit(self, user: str, thread_id: str, run_id: str, n: int) -> bool:
+        read = read_event(bench_event(run_id, user, n, time.monotonic_ns()))
+        if isinstance(read, MalformedEvent):
+            return False
+        parsed, payload_json = read
+        seq = self.seqs[thread_id] + 1
+        self.seqs[thread_id] = seq
+        frame = prepare_frame(
+            parsed,
+            event_id=new_event_id(),
+            thread_id=thread_id,
+            timestamp=_timestamp(),
+            payload_json=payload_json,
+        ).with_seq(seq)
+        for ws in tuple(self.sockets.get(user, ())):
+            try:
+                await ws.send_text(frame)
+            except Exception:
+                self.send_errors += 1
+        return True
 
 
 # --------------------------------------------------------------------- socket.io
@@ -467,6 +499,8 @@ def build(system_name: str, *, outbox_size: int | None = None) -> tuple[System, 
         system = RouterSystem(outbox_size)
     elif system_name == "bare":
         system = BareSystem()
+    elif system_name == "validated":
+        system = ValidatedSystem()
     elif system_name == "socketio":
         system = SocketIOSystem()
     else:
@@ -478,7 +512,9 @@ def build(system_name: str, *, outbox_size: int | None = None) -> tuple[System, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers")
-    parser.add_argument("--system", required=True, choices=("bare", "socketio", "router"))
+    parser.add_argument(
+        "--system", required=True, choices=("bare", "validated", "socketio", "router")
+    )
     parser.add_argument("--cpu", type=int, default=SERVER_CPU, help="CPU to pin to; -1: none")
     parser.add_argument("--outbox-size", type=int, default=0)
     parser.add_argument("--nofile", type=int, default=65536)

@@ -49,9 +49,38 @@ def test_quick_benchmarks_run_verified_and_write_json(tmp_path: Path) -> None:
                 assert rep["delivered"] > 0, (name, system)
                 assert rep.get("lost", 0) == 0 and rep.get("leaks", 0) == 0, (name, system)
                 assert rep.get("order_errors", 0) == 0, (name, system)
+    for name in ("small", "fan"):
+        # The validation floor runs beside the baselines, and the router is compared to it.
+        assert data["scenarios"][name]["systems"]["validated"]["verified"], (name, log)
+        assert data["scenarios"][name]["ratios"]["server_cpu_us_per_event_vs_validated"] > 0
+        assert "validated vs bare" in proc.stdout, log
     for target in data["targets"]:
         assert target["pass"] in (True, False, None)
     assert proc.returncode == 0, log
+
+
+@pytest.mark.timeout(30)
+async def test_validation_floor_validates_and_sends_the_routers_frame() -> None:
+    """The floor system is only a floor if it really runs the router's stage 1: a bad
+    event is refused, a good one becomes the router's own frame."""
+    from benchmarks.servers import ValidatedSystem
+
+    system = ValidatedSystem()
+    thread_id, run_id, _ = await system.create_thread("user0001")
+    sent: list[str] = []
+
+    class Socket:
+        async def send_text(self, text: str) -> None:
+            sent.append(text)
+
+    system.sockets["user0001"] = {Socket()}  # type: ignore[arg-type]
+    # NaN is no JSON: the payload fails validation, nothing is sent.
+    assert await system.emit("user0001", thread_id, run_id, float("nan")) is False  # type: ignore[arg-type]
+    assert sent == []
+    assert await system.emit("user0001", thread_id, run_id, 7) is True
+    frame = json.loads(sent[0])
+    assert frame["seq"] == 1 and frame["thread_id"] == thread_id and frame["run_id"] == run_id
+    assert frame["payload"]["data"]["n"] == 7 and frame["type"] == "custom"
 
 
 @pytest.mark.timeout(180)
