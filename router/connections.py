@@ -3,7 +3,10 @@
 Each :class:`Connection` belongs to one user and owns a bounded outbox (a deque)
 drained by its own writer task, so a slow browser never
 delays the publisher or anyone else: when live traffic finds the outbox full,
-the connection is closed with 1013 and the client resumes from history.
+the connection is closed with 1013 and the client resumes from history. While the
+writer waits with nothing queued, a live frame may be sent at once by the
+publisher instead (``direct_send``), saving the writer a wake-up; a send that
+would have to wait is finished by the writer, before anything queued after it.
 
 Ordering per thread is kept here: a connection remembers the last ``seq`` it
 queued for each thread and never queues a frame at or below it, and while a
@@ -26,6 +29,11 @@ __all__ = ["Connection", "ConnectionState", "Hub"]
 CLOSE_SLOW_CONSUMER = 1013
 #: Most frames a writer takes from its outbox at once.
 _BATCH = 64
+
+#: Stands in the outbox for a frame whose direct send had to wait (see
+#: :meth:`Connection.finish_first`): the writer finishes that send there. Compared by
+#: identity; made at run time, so no frame (and no interned literal) is this object.
+UNFINISHED_SEND = "".join(("<unfinished", " send>"))
 
 
 class ConnectionState(enum.Enum):
@@ -69,6 +77,7 @@ class Connection:
         "close_reason",
         "connection_id",
         "delivered",
+        "direct_send",
         "last_sent",
         "outbox_size",
         "pending",
@@ -111,6 +120,10 @@ class Connection:
         self._high_water = max(1, outbox_size // 2)
         #: the writer's last batch was a single frame
         self._trickle = False
+        #: Set by the writer's owner: sends a frame at once, without waiting. Used
+        #: for a live frame while the writer waits with nothing queued; returns
+        #: False when the frame could not be sent (the connection is then closing).
+        self.direct_send: Callable[[str], bool] | None = None
 
     def _move(self, new: ConnectionState) -> None:
         allowed = _TRANSITIONS[self.state]
@@ -146,6 +159,13 @@ class Connection:
         if seq <= self.last_sent.get(thread_id, 0):
             return False
         queue = self._queue
+        if self._wakeup is not None and self.direct_send is not None and not queue:
+            # The writer waits with nothing queued: nothing can come before this frame.
+            if not self.direct_send(frame):
+                return False
+            self.last_sent[thread_id] = seq
+            self.delivered += 1
+            return True
         if len(queue) >= self.outbox_size:
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return False
@@ -155,6 +175,12 @@ class Connection:
         if self._wakeup is not None:
             self._wake()
         return True
+
+    def finish_first(self) -> None:
+        """The frame just handed to ``direct_send`` is still being sent: the writer
+        must finish that send (at :data:`UNFINISHED_SEND`) before anything queued."""
+        self._queue.append(UNFINISHED_SEND)
+        self._wake()
 
     @property
     def backlog(self) -> int:

@@ -19,15 +19,15 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from typing import Any, cast
 
 import anyio
 import pydantic_core
 from starlette.requests import HTTPConnection
 
 from .auth import Authenticate, Principal
-from .connections import Connection, ConnectionState
+from .connections import UNFINISHED_SEND, Connection, ConnectionState
 from .ids import is_thread_id, new_connection_id
 from .router import EventRouter
 from .types import ASGIApp, Message, Receive, Scope, Send
@@ -192,6 +192,50 @@ class EventRouterMiddleware:
         await session.run()
 
 
+def _sends_without_task_state(send: Send) -> bool:
+    """True for the ASGI ``send`` of uvicorn's WebSocket protocols: it waits only on
+    plain asyncio futures, so a send begun in one task may be finished in another.
+    Any other ``send`` (another server, or a middleware wrapping it, which might
+    enter a cancel scope) always goes through the connection's writer task."""
+    owner = getattr(send, "__self__", None)
+    return owner is not None and type(owner).__module__.startswith("uvicorn.protocols.websockets.")
+
+
+class _Unfinished:
+    """The rest of a send coroutine begun in another task, awaitable once: it is
+    driven on from the future it was waiting on, as a task drives a coroutine
+    (what is thrown in, such as a cancellation, goes on into it)."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation, say: into the send
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration:
+                return
+
+    def close(self) -> None:
+        """Abandon the send (the writer stopped before finishing it)."""
+        self._coro.close()
+
+
 class _Session:
     """One accepted WebSocket connection."""
 
@@ -216,6 +260,8 @@ class _Session:
         # so the welcome frame means "from here on you miss nothing".
         self.attached = anyio.Event()
         self.scope: anyio.CancelScope | None = None
+        #: a direct send that had to wait, for the writer to finish
+        self._unfinished: _Unfinished | None = None
 
     def _close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
@@ -261,20 +307,55 @@ class _Session:
                         pass
             conn.closed()
 
+    def _send_now(self, frame: str) -> bool:
+        """``Connection.direct_send``: send a live frame from the publisher's task
+        while the writer waits with nothing queued. The ASGI send is run until it
+        would wait; the writer finishes it from there (``finish_first``)."""
+        sending = cast(
+            Coroutine[Any, Any, None], self.send({"type": "websocket.send", "text": frame})
+        )
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            return True
+        except OSError:
+            self.disconnected = True
+            self._close(1006, "client disconnected")
+            return False
+        except Exception:
+            logger.exception("websocket connection %s: send failed", self.conn.connection_id)
+            self._close(CLOSE_SERVER_ERROR, "server error")
+            return False
+        self._unfinished = _Unfinished(sending, waiting_on)
+        self.conn.finish_first()
+        return True
+
     async def _writer(self) -> None:
+        conn = self.conn
         try:
             await self.attached.wait()
             send = self.send
-            next_batch = self.conn.next_batch
+            next_batch = conn.next_batch
+            if _sends_without_task_state(send):
+                conn.direct_send = self._send_now
             # What is queued is taken in one go; see Connection.next_batch for the wait.
             while (batch := await next_batch()) is not None:
                 for frame in batch:
+                    if frame is UNFINISHED_SEND:
+                        unfinished, self._unfinished = self._unfinished, None
+                        if unfinished is not None:
+                            await unfinished
+                        continue
                     await send({"type": "websocket.send", "text": frame})
         except OSError:
             # The client went away under us (uvicorn's ClientDisconnected is an OSError).
             self.disconnected = True
             self._close(1006, "client disconnected")
         finally:
+            conn.direct_send = None
+            if self._unfinished is not None:
+                self._unfinished.close()
+                self._unfinished = None
             self.writer_done.set()
 
     async def _expiry(self, expires_at: float) -> None:

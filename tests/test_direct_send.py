@@ -1,0 +1,268 @@
+"""Direct sends: while a connection's writer waits with nothing queued, a live frame
+is sent from the publisher's task (no writer wake-up). A send that has to wait is
+finished by the writer, before anything queued after it; a failing send closes only
+that connection. Per-thread order and the slow-consumer rule are unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import router.middleware as middleware_module
+from router import EventRouter, EventRouterMiddleware, new_run_id
+from router.connections import Connection
+
+from .conftest import recv_json, serve, wait_for, ws_connect
+from .helpers import ev, is_event, new_thread, thinking
+
+
+class FakeSocket:
+    """The server side of one WebSocket as an ASGI app sees it: ``receive`` gives the
+    connect, then waits for the test; ``send`` records what completed. With a gate,
+    event frames wait for it (as a server's send waits while the socket is full)."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.incoming.put_nowait({"type": "websocket.connect"})
+        self.sent: list[dict[str, Any]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail: BaseException | None = None
+        self.waiting = 0
+        self.abandoned = 0
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.send" and '"seq"' in message["text"]:
+            if self.fail is not None:
+                raise self.fail
+            if self.gate is not None and not self.gate.is_set():
+                self.waiting += 1
+                try:
+                    await self.gate.wait()
+                except GeneratorExit:
+                    self.abandoned += 1
+                    raise
+                finally:
+                    self.waiting -= 1
+        self.sent.append(message)
+
+    def events(self) -> list[dict[str, Any]]:
+        frames = [json.loads(m["text"]) for m in self.sent if m["type"] == "websocket.send"]
+        return [f for f in frames if is_event(f)]
+
+    def closes(self) -> list[dict[str, Any]]:
+        return [m for m in self.sent if m["type"] == "websocket.close"]
+
+
+async def _nothing(scope: Any, receive: Any, send: Any) -> None:  # the wrapped app
+    raise AssertionError("the router handles /ws itself")
+
+
+@pytest.fixture
+def direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the fake socket's send be used directly (it waits only on asyncio futures,
+    as uvicorn's does)."""
+    monkeypatch.setattr(middleware_module, "_sends_without_task_state", lambda send: True)
+
+
+async def _session(
+    router: EventRouter, socket: FakeSocket
+) -> tuple[asyncio.Task[None], Connection]:
+    """One accepted session for alice, its writer waiting with nothing queued."""
+    app = EventRouterMiddleware(_nothing, router=router, authenticate=lambda conn: "alice")
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "headers": [],
+        "subprotocols": [],
+    }
+    task = asyncio.create_task(app(scope, socket.receive, socket.send))  # type: ignore[arg-type]
+    await wait_for(lambda: len(router.hub.connections("alice")) == 1, what="alice attached")
+    conn = router.hub.connections("alice")[0]
+    await wait_for(lambda: conn._wakeup is not None and not conn.backlog, what="writer idle")
+    return task, conn
+
+
+async def _end(task: asyncio.Task[None], socket: FakeSocket) -> None:
+    socket.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.timeout(30)
+async def test_frames_go_out_from_the_publisher_while_the_writer_waits(
+    router_factory: Callable[..., EventRouter], direct: None
+) -> None:
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        run = new_run_id(thread)
+        assert await router.publish(ev("agent_started", run))
+        # Sent before publish returned: no pass of the event loop in between.
+        assert [f["seq"] for f in socket.events()] == [1]
+        for n in range(5):
+            assert await router.publish(thinking(run, f"step {n}"))
+            assert [f["seq"] for f in socket.events()] == list(range(1, n + 3))
+        assert conn.backlog == 0 and conn._wakeup is not None  # the writer never woke
+        await _end(task, socket)
+
+
+@pytest.mark.timeout(30)
+async def test_a_direct_send_that_must_wait_is_finished_first_by_the_writer(
+    router_factory: Callable[..., EventRouter], direct: None
+) -> None:
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        run = new_run_id(thread)
+        socket.gate = asyncio.Event()
+        assert await router.publish(ev("agent_started", run))  # begun, then waits
+        assert socket.waiting == 1 and socket.events() == []
+        for n in range(3):  # queued behind it
+            assert await router.publish(thinking(run, f"step {n}"))
+        await asyncio.sleep(0)  # let the writer run: it must wait for the first send
+        assert socket.events() == []
+        socket.gate.set()
+        await wait_for(lambda: len(socket.events()) == 4, what="all four events")
+        assert [f["seq"] for f in socket.events()] == [1, 2, 3, 4]
+        # Caught up: the next frame goes out directly again.
+        await wait_for(lambda: conn._wakeup is not None and not conn.backlog, what="idle")
+        assert await router.publish(thinking(run, "later"))
+        assert [f["seq"] for f in socket.events()] == [1, 2, 3, 4, 5]
+        await _end(task, socket)
+
+
+@pytest.mark.timeout(30)
+async def test_closing_while_a_direct_send_waits_abandons_it_and_ends(
+    router_factory: Callable[..., EventRouter], direct: None
+) -> None:
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        socket.gate = asyncio.Event()
+        assert await router.publish(ev("agent_started", new_run_id(thread)))
+        await wait_for(lambda: socket.waiting == 1, what="the send to wait")
+        conn.close(4000, "test")
+        await asyncio.wait_for(task, 10)  # the session ends: nothing hangs on the gate
+        assert socket.waiting == 0
+        assert socket.closes() == [{"type": "websocket.close", "code": 4000, "reason": "test"}]
+        assert not router.hub.has_user("alice")
+
+
+@pytest.mark.timeout(30)
+async def test_a_client_gone_during_a_direct_send_closes_only_that_connection(
+    router_factory: Callable[..., EventRouter], direct: None
+) -> None:
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        socket.fail = OSError("client went away")
+        result = await router.publish(ev("agent_started", new_run_id(thread)))
+        assert result.accepted  # committed and in history; the publisher never sees the error
+        await asyncio.wait_for(task, 10)
+        assert conn.close_code == 1006
+        assert socket.closes() == []  # nobody left to tell
+        assert not router.hub.has_user("alice")
+        history = await router.backend.read_history(thread, 0)
+        assert [seq for seq, _ in history.frames] == [1]
+
+
+@pytest.mark.timeout(30)
+async def test_a_failing_direct_send_is_logged_and_closes_1011(
+    router_factory: Callable[..., EventRouter], direct: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        socket.fail = RuntimeError("server bug")
+        with caplog.at_level(logging.ERROR, logger="router"):
+            result = await router.publish(ev("agent_started", new_run_id(thread)))
+            assert result.accepted
+            await asyncio.wait_for(task, 10)
+        assert conn.close_code == 1011
+        assert socket.closes()[0]["code"] == 1011
+        assert "send failed" in caplog.text and "server bug" in caplog.text
+
+
+def test_only_uvicorns_own_send_is_used_directly() -> None:
+    class Protocol:
+        async def send(self, message: Any) -> None:
+            pass
+
+    uvicorn_like = type("WebSocketsSansIOProtocol", (Protocol,), {})
+    uvicorn_like.__module__ = "uvicorn.protocols.websockets.websockets_sansio_impl"
+    check = middleware_module._sends_without_task_state
+    assert check(uvicorn_like().send)  # type: ignore[arg-type]
+    assert not check(Protocol().send)  # type: ignore[arg-type]
+
+    async def wrapped(message: Any) -> None:  # a middleware's wrapper, say
+        pass
+
+    assert not check(wrapped)
+
+
+@pytest.mark.timeout(60)
+async def test_uvicorn_sends_directly_and_keeps_order_through_a_stalled_socket(
+    router_factory: Callable[..., EventRouter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server: frames go out directly while the client keeps up; when the
+    client stops reading, sends start to wait and frames queue; once it reads again
+    it gets every frame, in order."""
+    direct_sends = 0
+    original = middleware_module._Session._send_now
+
+    def counting(self: Any, frame: str) -> bool:
+        nonlocal direct_sends
+        direct_sends += 1
+        return original(self, frame)
+
+    monkeypatch.setattr(middleware_module._Session, "_send_now", counting)
+    router = router_factory(outbox_size=10_000)
+    async with serve(router) as server:
+        thread = await new_thread(router, "alice")
+        ws = await ws_connect(server, "alice", max_queue=1)
+        try:
+            assert (await recv_json(ws))["op"] == "welcome"
+            conn = router.hub.connections("alice")[0]
+            await wait_for(lambda: conn._wakeup is not None, what="the writer to wait")
+            run = new_run_id(thread)
+            assert await router.publish(ev("agent_started", run))
+            assert direct_sends == 1
+            assert (await recv_json(ws))["seq"] == 1
+            # The client reads nothing now: its buffers fill, then uvicorn's send waits.
+            big = "x" * 60_000
+            published = 1
+            while conn.backlog == 0 and published < 2000:
+                assert await router.publish(thinking(run, big))
+                published += 1
+                await asyncio.sleep(0)
+            assert conn.backlog > 0, "the socket never filled"
+            for _ in range(20):
+                assert await router.publish(thinking(run, big))
+                published += 1
+            seqs = []
+            while len(seqs) < published - 1:
+                frame = await recv_json(ws, 30)
+                if is_event(frame):
+                    seqs.append(frame["seq"])
+            assert seqs == list(range(2, published + 1))
+        finally:
+            await ws.close()
