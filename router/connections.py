@@ -121,9 +121,11 @@ class Connection:
         #: the writer's last batch was a single frame
         self._trickle = False
         #: Set by the writer's owner: sends a frame at once, without waiting. Used
-        #: for a live frame while the writer waits with nothing queued; returns
-        #: False when the frame could not be sent (the connection is then closing).
-        self.direct_send: Callable[[str], bool] | None = None
+        #: for a live frame while the writer waits with nothing queued. Returns True
+        #: when the frame was sent (or its send was handed to the writer with
+        #: :meth:`finish_first`), False when it could not be sent (the connection is
+        #: then closing), None when it should be queued instead.
+        self.direct_send: Callable[[str], bool | None] | None = None
 
     def _move(self, new: ConnectionState) -> None:
         allowed = _TRANSITIONS[self.state]
@@ -138,7 +140,8 @@ class Connection:
         return self.threads is None or thread_id in self.threads
 
     def offer(self, thread_id: str, seq: int, frame: str) -> bool:
-        """Queue a live frame without waiting. Returns True when it was queued.
+        """Queue a live frame without waiting (or send it at once, through
+        ``direct_send``). Returns True when it was queued or sent.
 
         This is the hot path: no awaiting, no serialising. A full outbox closes
         the connection as a slow consumer.
@@ -159,13 +162,21 @@ class Connection:
         if seq <= self.last_sent.get(thread_id, 0):
             return False
         queue = self._queue
-        if self._wakeup is not None and self.direct_send is not None and not queue:
-            # The writer waits with nothing queued: nothing can come before this frame.
-            if not self.direct_send(frame):
-                return False
-            self.last_sent[thread_id] = seq
-            self.delivered += 1
-            return True
+        if (
+            (waiter := self._wakeup) is not None
+            and not waiter.done()
+            and self.direct_send is not None
+            and not queue
+        ):
+            # The writer waits with nothing queued (and was neither woken nor
+            # cancelled): nothing can come before this frame. None: not now, queue it.
+            sent = self.direct_send(frame)
+            if sent is not None:
+                if not sent:
+                    return False
+                self.last_sent[thread_id] = seq
+                self.delivered += 1
+                return True
         if len(queue) >= self.outbox_size:
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return False
@@ -263,7 +274,8 @@ class Connection:
     def take_queued(self) -> list[str]:
         """Take every frame queued right now, as the writer does.
 
-        For code that drives a connection without a socket (tests, benchmarks).
+        For code that drives a connection without a socket (tests, benchmarks),
+        where ``direct_send`` is not set (so no :data:`UNFINISHED_SEND` is queued).
         """
         taken = list(self._queue)
         self._queue.clear()

@@ -16,6 +16,7 @@ Close codes: 1003 binary frame, 1007 invalid UTF-8 (sent by the server itself),
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -192,13 +193,34 @@ class EventRouterMiddleware:
         await session.run()
 
 
+#: uvicorn's WebSocket protocols (websockets-sansio, wsproto, websockets): their ASGI
+#: ``send`` waits only on plain asyncio futures and events.
+_UVICORN_PROTOCOLS = frozenset(
+    {
+        ("uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"),
+        ("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol"),
+        ("uvicorn.protocols.websockets.websockets_impl", "WebSocketProtocol"),
+    }
+)
+
+
 def _sends_without_task_state(send: Send) -> bool:
-    """True for the ASGI ``send`` of uvicorn's WebSocket protocols: it waits only on
-    plain asyncio futures, so a send begun in one task may be finished in another.
-    Any other ``send`` (another server, or a middleware wrapping it, which might
-    enter a cancel scope) always goes through the connection's writer task."""
+    """True for the ASGI ``send`` of uvicorn's WebSocket protocols: a send begun in
+    one task may be finished in another. Any other ``send`` (another server, or a
+    middleware wrapping it, which might enter a cancel scope) always goes through
+    the connection's writer task."""
     owner = getattr(send, "__self__", None)
-    return owner is not None and type(owner).__module__.startswith("uvicorn.protocols.websockets.")
+    kind = type(owner)
+    return owner is not None and (kind.__module__, kind.__qualname__) in _UVICORN_PROTOCOLS
+
+
+def _server_closing(protocol: object) -> bool:
+    """The server (its protocol object) has started closing the connection itself:
+    its ``send`` would refuse a frame, or the transport is going."""
+    if getattr(protocol, "close_sent", False) or getattr(protocol, "disconnected", False):
+        return True
+    transport = getattr(protocol, "transport", None)
+    return transport is None or bool(transport.is_closing())
 
 
 class _Unfinished:
@@ -232,7 +254,12 @@ class _Unfinished:
                 return
 
     def close(self) -> None:
-        """Abandon the send (the writer stopped before finishing it)."""
+        """Cancel the send (the writer stopped before finishing it): the future it
+        waits on is cancelled, as a task's cancellation would, then the coroutine is
+        closed (so the server's own waiters are left clean)."""
+        waiting_on = self._waiting_on
+        if isinstance(waiting_on, asyncio.Future):
+            waiting_on.cancel()
         self._coro.close()
 
 
@@ -262,6 +289,8 @@ class _Session:
         self.scope: anyio.CancelScope | None = None
         #: a direct send that had to wait, for the writer to finish
         self._unfinished: _Unfinished | None = None
+        #: the server's protocol object behind ``send`` (when frames are sent directly)
+        self._protocol: object = None
 
     def _close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
@@ -307,10 +336,15 @@ class _Session:
                         pass
             conn.closed()
 
-    def _send_now(self, frame: str) -> bool:
+    def _send_now(self, frame: str) -> bool | None:
         """``Connection.direct_send``: send a live frame from the publisher's task
         while the writer waits with nothing queued. The ASGI send is run until it
-        would wait; the writer finishes it from there (``finish_first``)."""
+        would wait; the writer finishes it from there (``finish_first``). None (the
+        frame is queued for the writer) while the server is closing the connection
+        on its own (a keepalive timeout, an oversized client frame): the writer
+        then finds out how it ended."""
+        if _server_closing(self._protocol):
+            return None
         sending = cast(
             Coroutine[Any, Any, None], self.send({"type": "websocket.send", "text": frame})
         )
@@ -318,7 +352,9 @@ class _Session:
             waiting_on = sending.send(None)
         except StopIteration:
             return True
-        except OSError:
+        except (OSError, asyncio.CancelledError):
+            # CancelledError: from the server's own shutdown of the connection
+            # (nothing cancels the publisher inside this synchronous step).
             self.disconnected = True
             self._close(1006, "client disconnected")
             return False
@@ -337,6 +373,7 @@ class _Session:
             send = self.send
             next_batch = conn.next_batch
             if _sends_without_task_state(send):
+                self._protocol = getattr(send, "__self__", None)
                 conn.direct_send = self._send_now
             # What is queued is taken in one go; see Connection.next_batch for the wait.
             while (batch := await next_batch()) is not None:

@@ -21,6 +21,14 @@ from .conftest import recv_json, serve, wait_for, ws_connect
 from .helpers import ev, is_event, new_thread, thinking
 
 
+class FakeTransport:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
 class FakeSocket:
     """The server side of one WebSocket as an ASGI app sees it: ``receive`` gives the
     connect, then waits for the test; ``send`` records what completed. With a gate,
@@ -34,6 +42,9 @@ class FakeSocket:
         self.fail: BaseException | None = None
         self.waiting = 0
         self.abandoned = 0
+        # What the middleware reads of a server's protocol before sending directly.
+        self.transport = FakeTransport()
+        self.close_sent = False
 
     async def receive(self) -> dict[str, Any]:
         return await self.incoming.get()
@@ -264,5 +275,109 @@ async def test_uvicorn_sends_directly_and_keeps_order_through_a_stalled_socket(
                 if is_event(frame):
                     seqs.append(frame["seq"])
             assert seqs == list(range(2, published + 1))
+        finally:
+            await ws.close()
+
+
+@pytest.mark.timeout(30)
+async def test_no_direct_send_once_the_writer_was_cancelled(
+    router_factory: Callable[..., EventRouter], direct: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session fails (here: the thread store raises on a subscribe) and cancels
+    its writer; a frame delivered in that same pass must not begin a send that no
+    writer will finish."""
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        socket.gate = asyncio.Event()  # a send begun now would have to wait
+        frame = json.dumps({"type": "custom", "seq": 99, "thread_id": thread})
+        loop = asyncio.get_running_loop()
+
+        async def failing_owner(thread_id: str) -> None:
+            loop.call_soon(router.hub.deliver, "alice", thread, 99, frame)  # the same pass
+            raise RuntimeError("thread store down")
+
+        monkeypatch.setattr(router.threads, "owner", failing_owner)
+        socket.incoming.put_nowait(
+            {
+                "type": "websocket.receive",
+                "text": json.dumps({"op": "subscribe", "thread_id": thread}),
+            }
+        )
+        await asyncio.wait_for(task, 10)
+        assert conn.close_code == 1011
+        assert socket.waiting == 0 and socket.abandoned == 0  # no send was begun
+        assert socket.events() == []
+
+
+@pytest.mark.timeout(30)
+async def test_a_frame_waits_for_the_writer_while_the_server_closes_the_connection(
+    router_factory: Callable[..., EventRouter], direct: None
+) -> None:
+    router = router_factory()
+    async with router:
+        thread = await new_thread(router, "alice")
+        socket = FakeSocket()
+        task, conn = await _session(router, socket)
+        run = new_run_id(thread)
+        socket.close_sent = True  # the server closed it on its own (a keepalive timeout)
+        assert await router.publish(ev("agent_started", run))
+        assert socket.events() == [] and conn.backlog == 1  # queued, not sent from here
+        socket.close_sent = False
+        await wait_for(lambda: len(socket.events()) == 1, what="the writer to send it")
+        socket.transport.closing = True
+        assert await router.publish(thinking(run))
+        assert len(socket.events()) == 1 and conn.backlog == 1
+        await _end(task, socket)
+
+
+@pytest.mark.timeout(30)
+async def test_abandoning_a_waiting_send_cancels_what_it_waits_on() -> None:
+    from router.middleware import _Unfinished
+
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cleaned = []
+
+    async def send() -> None:
+        try:
+            await future
+        finally:
+            cleaned.append(future.cancelled())
+
+    coro = send()
+    waiting_on = coro.send(None)
+    assert waiting_on is future
+    _Unfinished(coro, waiting_on).close()
+    assert cleaned == [True]
+
+
+@pytest.mark.timeout(30)
+async def test_an_oversized_client_frame_in_the_same_pass_as_a_publish_is_no_server_error(
+    router_factory: Callable[..., EventRouter], caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn fails the connection itself (close sent, transport closing) on a client
+    frame over its size limit; a frame published in that same pass is left to the
+    writer, which finds the connection gone: no "send failed", no 1011."""
+    from websockets.frames import Frame, Opcode
+
+    router = router_factory()
+    async with serve(router, server_config={"ws_max_size": 4096}) as server:
+        thread = await new_thread(router, "alice")
+        ws = await ws_connect(server, "alice")
+        try:
+            assert (await recv_json(ws))["op"] == "welcome"
+            conn = router.hub.connections("alice")[0]
+            assert conn.direct_send is not None  # uvicorn's send: frames go out directly
+            await wait_for(lambda: conn._wakeup is not None, what="the writer to wait")
+            protocol = next(iter(server.server.server_state.connections))
+            oversized = Frame(Opcode.TEXT, b"x" * 5000).serialize(mask=True)
+            with caplog.at_level(logging.ERROR, logger="router"):
+                protocol.data_received(oversized)  # as if the client had sent it
+                assert await router.publish(ev("agent_started", new_run_id(thread)))
+                await wait_for(lambda: not router.hub.has_user("alice"), what="the session end")
+            assert conn.close_code in (1006, 1009), (conn.close_code, conn.close_reason)
+            assert "send failed" not in caplog.text
         finally:
             await ws.close()
