@@ -214,13 +214,11 @@ def _sends_without_task_state(send: Send) -> bool:
     return owner is not None and (kind.__module__, kind.__qualname__) in _UVICORN_PROTOCOLS
 
 
-def _server_closing(protocol: object) -> bool:
+def _server_closing(protocol: object, transport: Any) -> bool:
     """The server (its protocol object) has started closing the connection itself:
-    its ``send`` would refuse a frame, or the transport is going."""
-    if getattr(protocol, "close_sent", False) or getattr(protocol, "disconnected", False):
-        return True
-    transport = getattr(protocol, "transport", None)
-    return transport is None or bool(transport.is_closing())
+    its ``send`` would refuse a frame, or the transport is going (uvicorn closes the
+    transport at once when it fails a connection; ``connection_lost`` comes later)."""
+    return transport is None or transport.is_closing() or getattr(protocol, "close_sent", False)
 
 
 class _Unfinished:
@@ -291,6 +289,7 @@ class _Session:
         self._unfinished: _Unfinished | None = None
         #: the server's protocol object behind ``send`` (when frames are sent directly)
         self._protocol: object = None
+        self._transport: Any = None
 
     def _close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
@@ -343,7 +342,7 @@ class _Session:
         frame is queued for the writer) while the server is closing the connection
         on its own (a keepalive timeout, an oversized client frame): the writer
         then finds out how it ended."""
-        if _server_closing(self._protocol):
+        if _server_closing(self._protocol, self._transport):
             return None
         sending = cast(
             Coroutine[Any, Any, None], self.send({"type": "websocket.send", "text": frame})
@@ -374,6 +373,7 @@ class _Session:
             next_batch = conn.next_batch
             if _sends_without_task_state(send):
                 self._protocol = getattr(send, "__self__", None)
+                self._transport = getattr(self._protocol, "transport", None)
                 conn.direct_send = self._send_now
             # What is queued is taken in one go; see Connection.next_batch for the wait.
             while (batch := await next_batch()) is not None:
