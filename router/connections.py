@@ -99,7 +99,8 @@ class Connection:
         self.outbox_size = outbox_size
         # The outbox: frames queued and not yet taken by the writer. Plain deque and
         # asyncio events (the router runs on asyncio): the hand-off of a live frame is
-        # an append, and the writer takes what is queued in batches.
+        # an append (or a direct send, see direct_send), and the writer takes what is
+        # queued in batches.
         self._queue: deque[str] = deque()
         #: False once the connection is closing: nothing more is queued
         self._accepting = True
@@ -177,7 +178,7 @@ class Connection:
                 self.last_sent[thread_id] = seq
                 self.delivered += 1
                 return True
-        if len(queue) >= self.outbox_size:
+        if len(queue) >= self.outbox_size and not self._room_behind_marker():
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return False
         queue.append(frame)
@@ -186,6 +187,13 @@ class Connection:
         if self._wakeup is not None:
             self._wake()
         return True
+
+    def _room_behind_marker(self) -> bool:
+        """A full outbox whose first entry is :data:`UNFINISHED_SEND` still has room:
+        the marker stands for a frame already taken out (as the writer's current
+        send would be), not a queued one."""
+        queue = self._queue
+        return bool(queue) and queue[0] is UNFINISHED_SEND and len(queue) <= self.outbox_size
 
     def finish_first(self) -> None:
         """The frame just handed to ``direct_send`` is still being sent: the writer
@@ -266,7 +274,8 @@ class Connection:
 
     async def frames(self) -> AsyncIterator[str]:
         """The queued frames one by one, until the connection is closing and they
-        were all taken (:meth:`next_batch`, flattened)."""
+        were all taken (:meth:`next_batch`, flattened). For a connection without
+        ``direct_send`` (so no :data:`UNFINISHED_SEND` is queued)."""
         while (batch := await self.next_batch()) is not None:
             for frame in batch:
                 yield frame
@@ -293,7 +302,7 @@ class Connection:
         while True:
             if not self._accepting:
                 raise anyio.ClosedResourceError
-            if len(self._queue) < self.outbox_size:
+            if len(self._queue) < self.outbox_size or self._room_behind_marker():
                 return
             room = self._room
             if room is None:
@@ -380,7 +389,8 @@ class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, set[Connection]] = {}
         self._count = 0
-        #: frames queued to connections since start (the "delivered" figure)
+        #: frames queued to (or sent directly on) connections since start (the
+        #: "delivered" figure)
         self.delivered = 0
         #: set when a connection's outbox passed half full: the publisher yields at
         #: once (a small outbox could fill before its periodic yield)
@@ -406,7 +416,8 @@ class Hub:
         return True
 
     def deliver(self, user_id: str, thread_id: str, seq: int, frame: str) -> int:
-        """Offer a frame to every connection of a user; return how many queued it."""
+        """Offer a frame to every connection of a user; return how many took it
+        (queued, or sent directly)."""
         conns = self._by_user.get(user_id)
         if not conns:
             return 0

@@ -7,7 +7,9 @@ stopped after the app has shut down.
 
 Each connection runs three things at once: the reader (client frames), the writer
 (draining the connection's bounded outbox to the socket) and, for a credential
-with an expiry, a timer that closes with 4401 when it passes.
+with an expiry, a timer that closes with 4401 when it passes. On uvicorn, a live
+frame that finds the writer idle with nothing queued is sent by the publishing task
+itself (``Connection.direct_send``); a send that has to wait is left to the writer.
 
 Close codes: 1003 binary frame, 1007 invalid UTF-8 (sent by the server itself),
 1008 ten bad frames in a row, 1009 frame over the limit, 1011 server fault,
@@ -374,7 +376,8 @@ class _Session:
             if _sends_without_task_state(send):
                 self._protocol = getattr(send, "__self__", None)
                 self._transport = getattr(self._protocol, "transport", None)
-                conn.direct_send = self._send_now
+                if self._transport is not None:
+                    conn.direct_send = self._send_now
             # What is queued is taken in one go; see Connection.next_batch for the wait.
             while (batch := await next_batch()) is not None:
                 for frame in batch:

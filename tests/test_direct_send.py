@@ -381,3 +381,25 @@ async def test_an_oversized_client_frame_in_the_same_pass_as_a_publish_is_no_ser
             assert "send failed" not in caplog.text
         finally:
             await ws.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_waiting_direct_send_takes_no_room_in_the_outbox() -> None:
+    """As with a frame the writer is sending, the frame whose direct send waits is out
+    of the outbox: ``outbox_size`` frames still fit behind its marker before a 1013."""
+    conn = Connection("c1", "alice", outbox_size=1)
+    conn.opened()
+    begun: list[str] = []
+
+    def send_that_waits(frame: str) -> bool:
+        begun.append(frame)
+        conn.finish_first()
+        return True
+
+    conn.direct_send = send_that_waits
+    conn._wakeup = asyncio.get_running_loop().create_future()  # the writer waits
+    assert conn.offer("t1", 1, "f1") and begun == ["f1"]
+    assert conn.offer("t1", 2, "f2")  # behind the marker: room for one frame
+    assert conn.close_code is None and conn.backlog == 2
+    assert not conn.offer("t1", 3, "f3")  # now the outbox is full
+    assert conn.close_code == 1013
