@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 SYSTEMS = ("bare", "socketio", "router")
-#: The flood scenarios also run the validation floor: bare plus the router's stage 1.
+#: The flood scenarios also run ``validated``: bare, with the frame made by the router's
+#: stage 1 (validation) and frame code instead of by hand.
 FLOOD_SYSTEMS = ("bare", "validated", "socketio", "router")
 SYSTEM_TITLES = {
     "bare": "bare Starlette",
