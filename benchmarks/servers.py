@@ -163,11 +163,11 @@ class BareSystem(System):
         self.seqs[thread_id] = 0
         return thread_id, new_run_id(thread_id), 0
 
-    async def emit(self, user: str, thread_id: str, run_id: str, n: int) -> bool:
+    def frame(self, event: dict[str, Any], thread_id: str) -> str | None:
+        """The outbound frame of one event, with the thread's next seq (None: refused)."""
         seq = self.seqs[thread_id] + 1
         self.seqs[thread_id] = seq
-        event = bench_event(run_id, user, n, time.monotonic_ns())
-        frame = json.dumps(
+        return json.dumps(
             outbound_frame(
                 event,
                 event_id=uuid.uuid4().hex,
@@ -177,6 +177,11 @@ class BareSystem(System):
             ),
             separators=(",", ":"),
         )
+
+    async def emit(self, user: str, thread_id: str, run_id: str, n: int) -> bool:
+        frame = self.frame(bench_event(run_id, user, n, time.monotonic_ns()), thread_id)
+        if frame is None:
+            return False
         for ws in tuple(self.sockets.get(user, ())):
             try:
                 await ws.send_text(frame)
@@ -232,26 +237,20 @@ class ValidatedSystem(BareSystem):
 
     name = "validated"
 
-    async def emit(self, user: str, thread_id: str, run_id: str, n: int) -> bool:
-        read = read_event(bench_event(run_id, user, n, time.monotonic_ns()))
+    def frame(self, event: dict[str, Any], thread_id: str) -> str | None:
+        read = read_event(event)
         if isinstance(read, MalformedEvent):
-            return False
+            return None
         parsed, payload_json = read
         seq = self.seqs[thread_id] + 1
         self.seqs[thread_id] = seq
-        frame = prepare_frame(
+        return prepare_frame(
             parsed,
             event_id=uuid.uuid4().hex,
             thread_id=thread_id,
             timestamp=_timestamp(),
             payload_json=payload_json,
         ).with_seq(seq)
-        for ws in tuple(self.sockets.get(user, ())):
-            try:
-                await ws.send_text(frame)
-            except Exception:
-                self.send_errors += 1
-        return True
 
 
 # --------------------------------------------------------------------- socket.io

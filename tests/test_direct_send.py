@@ -103,6 +103,14 @@ async def _session(
     return task, conn
 
 
+async def _alice(router: EventRouter) -> tuple[str, FakeSocket, asyncio.Task[None], Connection]:
+    """A thread of alice's and an accepted session of hers on a fake socket."""
+    thread = await new_thread(router, "alice")
+    socket = FakeSocket()
+    task, conn = await _session(router, socket)
+    return thread, socket, task, conn
+
+
 async def _end(task: asyncio.Task[None], socket: FakeSocket) -> None:
     socket.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await asyncio.wait_for(task, 10)
@@ -114,9 +122,7 @@ async def test_frames_go_out_from_the_publisher_while_the_writer_waits(
 ) -> None:
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         run = new_run_id(thread)
         assert await router.publish(ev("agent_started", run))
         # Sent before publish returned: no pass of the event loop in between.
@@ -134,9 +140,7 @@ async def test_a_direct_send_that_must_wait_is_finished_first_by_the_writer(
 ) -> None:
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         run = new_run_id(thread)
         socket.gate = asyncio.Event()
         assert await router.publish(ev("agent_started", run))  # begun, then waits
@@ -161,9 +165,7 @@ async def test_closing_while_a_direct_send_waits_abandons_it_and_ends(
 ) -> None:
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         socket.gate = asyncio.Event()
         assert await router.publish(ev("agent_started", new_run_id(thread)))
         await wait_for(lambda: socket.waiting == 1, what="the send to wait")
@@ -180,9 +182,7 @@ async def test_a_client_gone_during_a_direct_send_closes_only_that_connection(
 ) -> None:
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         socket.fail = OSError("client went away")
         result = await router.publish(ev("agent_started", new_run_id(thread)))
         assert result.accepted  # committed and in history; the publisher never sees the error
@@ -200,9 +200,7 @@ async def test_a_failing_direct_send_is_logged_and_closes_1011(
 ) -> None:
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         socket.fail = RuntimeError("server bug")
         with caplog.at_level(logging.ERROR, logger="router"):
             result = await router.publish(ev("agent_started", new_run_id(thread)))
@@ -288,9 +286,7 @@ async def test_no_direct_send_once_the_writer_was_cancelled(
     writer will finish."""
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         socket.gate = asyncio.Event()  # a send begun now would have to wait
         frame = json.dumps({"type": "custom", "seq": 99, "thread_id": thread})
         loop = asyncio.get_running_loop()
@@ -318,9 +314,7 @@ async def test_a_frame_waits_for_the_writer_while_the_server_closes_the_connecti
 ) -> None:
     router = router_factory()
     async with router:
-        thread = await new_thread(router, "alice")
-        socket = FakeSocket()
-        task, conn = await _session(router, socket)
+        thread, socket, task, conn = await _alice(router)
         run = new_run_id(thread)
         socket.close_sent = True  # the server closed it on its own (a keepalive timeout)
         assert await router.publish(ev("agent_started", run))
