@@ -220,7 +220,7 @@ def _server_closing(protocol: object, transport: Any) -> bool:
     """The server (its protocol object) has started closing the connection itself:
     its ``send`` would refuse a frame, or the transport is going (uvicorn closes the
     transport at once when it fails a connection; ``connection_lost`` comes later)."""
-    return transport is None or transport.is_closing() or getattr(protocol, "close_sent", False)
+    return bool(transport.is_closing()) or getattr(protocol, "close_sent", False)
 
 
 class _Unfinished:
