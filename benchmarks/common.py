@@ -97,85 +97,7 @@ class Scenario:
 def scenarios(quick: bool) -> dict[str, Scenario]:
     """Every scenario, full size or ``--quick`` size."""
     reps = 3
-    if quick:
-        return {
-            "small": Scenario(
-                "small",
-                "flood",
-                users=10,
-                conns_per_user=1,
-                reps=reps,
-                per_thread=300,
-                systems=FLOOD_SYSTEMS,
-                description="10 users x 1 connection, 300 events each, as fast as possible",
-            ),
-            "fan": Scenario(
-                "fan",
-                "flood",
-                users=100,
-                conns_per_user=2,
-                reps=reps,
-                per_thread=30,
-                systems=FLOOD_SYSTEMS,
-                description="100 users x 2 connections, 30 events each, as fast as possible",
-            ),
-            "paced": Scenario(
-                "paced",
-                "paced",
-                users=100,
-                conns_per_user=2,
-                reps=reps,
-                rate=4000.0,
-                duration=0.5,
-                description="100 users x 2 connections, 4,000 events/s for 0.5 s",
-            ),
-            "many": Scenario(
-                "many",
-                "paced",
-                users=50,
-                conns_per_user=2,
-                reps=reps,
-                rate=2000.0,
-                duration=0.5,
-                idle=600,
-                systems=("bare", "router"),
-                description="600 idle connections + 50 users x 2 connections at 2,000 events/s",
-            ),
-            "agents": Scenario(
-                "agents",
-                "agents",
-                users=50,
-                conns_per_user=1,
-                reps=reps,
-                per_thread=40,
-                systems=("bare", "router"),
-                description="50 users x 1 connection, one agent task per thread, 40 events each",
-            ),
-            "inproc": Scenario(
-                "inproc",
-                "inproc",
-                users=100,
-                conns_per_user=2,
-                reps=reps,
-                per_thread=100,
-                systems=("router",),
-                description="publish to 100 users x 2 in-memory connections, no sockets",
-            ),
-            "inproc-agents": Scenario(
-                "inproc-agents",
-                "inproc-agents",
-                users=50,
-                conns_per_user=1,
-                reps=reps,
-                per_thread=40,
-                systems=("router",),
-                description=(
-                    "50 agent tasks publish to 50 in-memory connections, no sockets "
-                    "(in memory a publish never waits, so the tasks take turns)"
-                ),
-            ),
-        }
-    return {
+    full = {
         "small": Scenario(
             "small",
             "flood",
@@ -253,6 +175,38 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             ),
         ),
     }
+    if not quick:
+        return full
+    # --quick: the same scenarios, smaller (and warmed up with the default 20 events).
+    smaller: dict[str, dict[str, Any]] = {
+        "small": {
+            "per_thread": 300,
+            "warmup_per_thread": 20,
+            "description": "10 users x 1 connection, 300 events each, as fast as possible",
+        },
+        "fan": {
+            "per_thread": 30,
+            "description": "100 users x 2 connections, 30 events each, as fast as possible",
+        },
+        "paced": {
+            "duration": 0.5,
+            "description": "100 users x 2 connections, 4,000 events/s for 0.5 s",
+        },
+        "many": {
+            "users": 50,
+            "rate": 2000.0,
+            "duration": 0.5,
+            "idle": 600,
+            "description": "600 idle connections + 50 users x 2 connections at 2,000 events/s",
+        },
+        "agents": {
+            "per_thread": 40,
+            "description": "50 users x 1 connection, one agent task per thread, 40 events each",
+        },
+        "inproc": {"per_thread": 100},
+        "inproc-agents": {"per_thread": 40},
+    }
+    return {name: dataclasses.replace(full[name], **smaller[name]) for name in full}
 
 
 # --------------------------------------------------------------------- processes
